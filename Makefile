@@ -1,0 +1,28 @@
+# Set-up and entry points. Every target creates .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch: installed before the project so pip never pulls the CUDA build.
+TORCH  ?= torch==2.13.0
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: demo test install clean
+
+$(BIN)/align: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(BIN)/align
+
+install: $(BIN)/align
+
+demo: install
+	$(BIN)/align run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,219 @@
+"""Artifacts: a stage's output directory and its manifest (`artifact.json`).
+
+The manifest is written last and atomically: a directory without a complete manifest is not an
+artifact. A stage works in `<run_dir>/<name>.partial/` and only a finished stage is moved to
+`<run_dir>/<name>/`, so a failed or interrupted run never overwrites a finished artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from align.errors import AlignError
+
+MANIFEST = "artifact.json"
+PROGRESS = "progress.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelRef:
+    """What model an artifact holds.
+
+    `type` is "full" (weights in `path`) or "adapter" (a PEFT adapter in `path` on top of
+    `base`, itself a directory of full weights or a Hub id). `root` is the model the whole
+    lineage started from, for model cards.
+    """
+
+    type: str
+    path: str
+    base: str | None = None
+    root: str | None = None
+    method: str = "full"
+    task: str = "causal-lm"  # or "sequence-classification" for reward models
+
+
+@dataclass
+class Manifest:
+    name: str
+    kind: str
+    status: str
+    config_hash: str
+    config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # upstream name -> its config hash
+    model: ModelRef | None = None
+    tokenizer: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # role -> relative path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Manifest":
+        data = dict(data)
+        model = data.pop("model", None)
+        known = {f for f in cls.__dataclass_fields__}
+        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        manifest.model = ModelRef(**model) if model else None
+        return manifest
+
+
+@dataclass
+class Artifact:
+    """A finished stage output: its directory and manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def file(self, role: str) -> Path:
+        if role not in self.manifest.files:
+            raise AlignError(f"artifact '{self.name}' ({self.path}) has no '{role}' file; it has: "
+                             f"{', '.join(sorted(self.manifest.files)) or 'none'}.")
+        return self.path / self.manifest.files[role]
+
+    def model_path(self) -> Path:
+        if not self.manifest.model:
+            raise AlignError(f"artifact '{self.name}' ({self.path}) holds no model.")
+        return self.path / self.manifest.model.path
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("align", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                 "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def stable_hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_hash(stage_config: dict, input_hashes: dict[str, str], data_fingerprint: str = "") -> str:
+    """Hash of what determines a stage's output: its resolved config, its inputs' hashes and
+    the content of the data files it reads."""
+    return stable_hash({"config": stage_config, "inputs": input_hashes, "data": data_fingerprint})
+
+
+def file_fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p).encode())
+        if p.is_file():
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The manifest of a directory, or None when it is missing or incomplete."""
+    file = Path(path) / MANIFEST
+    if not file.exists():
+        return None
+    try:
+        data = json.loads(file.read_text())
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return manifest if manifest.status == "complete" else None
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    path = Path(path)
+    if not path.exists():
+        raise AlignError(f"no artifact at {path}: the directory does not exist.")
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise AlignError(f"{path} is not a finished artifact: {MANIFEST} is missing or "
+                         "incomplete (the stage did not finish; rerun the recipe to resume it).")
+    return Artifact(path=path, manifest=manifest)
+
+
+class StageDirs:
+    """The directories of one stage in a run: final, partial (work in progress), replaced."""
+
+    def __init__(self, run_dir: Path, name: str):
+        self.run_dir = Path(run_dir)
+        self.name = name
+        self.final = self.run_dir / name
+        self.partial = self.run_dir / f"{name}.partial"
+        self.checkpoints = self.partial / "checkpoints"
+
+    def finished(self, expected_hash: str | None = None) -> Artifact | None:
+        manifest = read_manifest(self.final)
+        if manifest is None or (expected_hash and manifest.config_hash != expected_hash):
+            return None
+        return Artifact(self.final, manifest)
+
+    def begin(self, config_hash: str) -> bool:
+        """Prepare the partial directory; True when it resumes earlier work of the same hash."""
+        progress = self.partial / PROGRESS
+        if progress.exists():
+            try:
+                if json.loads(progress.read_text()).get("config_hash") == config_hash:
+                    return True
+            except json.JSONDecodeError:
+                pass
+            shutil.rmtree(self.partial)
+        elif self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True)
+        write_json_atomic(progress, {"config_hash": config_hash, "started_at": time.time()})
+        return False
+
+    def last_checkpoint(self) -> Path | None:
+        if not self.checkpoints.exists():
+            return None
+        ckpts = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+                 and (p / "trainer_state.json").exists()]
+        return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+    def commit(self, manifest: Manifest) -> Artifact:
+        """Write the manifest last, then swap the partial directory into place."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        (self.partial / PROGRESS).unlink(missing_ok=True)
+        manifest.status = "complete"
+        manifest.finished_at = time.time()
+        write_json_atomic(self.partial / MANIFEST, manifest.to_dict())
+        if self.final.exists():
+            replaced = self.run_dir / ".replaced" / f"{self.name}-{int(time.time())}"
+            replaced.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.final, replaced)
+            os.replace(self.partial, self.final)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            os.replace(self.partial, self.final)
+        return Artifact(self.final, manifest)

@@ -1,0 +1,168 @@
+"""`align` command line: run | stage | validate | ls | tiny | eval | push.
+
+User errors (AlignError) print one paragraph and exit 2, with no traceback unless `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from align.errors import AlignError
+
+DEFAULT_RECIPE = "recipes/tiny/honesty.yaml"
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def default_recipe() -> str:
+    for candidate in (Path(DEFAULT_RECIPE), RECIPES_DIR / "tiny" / "honesty.yaml",
+                      RECIPES_DIR / "tiny" / "sft.yaml"):
+        if candidate.exists():
+            return str(candidate)
+    raise AlignError("no recipe given and the default recipe was not found; "
+                     "run `align ls` to see the shipped recipes.")
+
+
+def cmd_run(args) -> int:
+    from align.runner import run_recipe
+
+    recipe = args.recipe or default_recipe()
+    if not args.no_validate:
+        from align.validate import validate_recipe
+
+        validate_recipe(recipe, args.overrides, accelerate=args.accelerate)
+    run_recipe(recipe, args.overrides, only=args.only, accelerate=args.accelerate)
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from align.recipe import load_recipe
+    from align.runner import execute_stage
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.stage not in recipe.stages:
+        raise AlignError(f"no stage '{args.stage}' in {args.recipe}; stages: "
+                         f"{', '.join(recipe.stages)}")
+    if not os.environ.get("ALIGN_LAUNCHED"):
+        from align.runner import prepare_world
+
+        prepare_world(recipe)
+    execute_stage(recipe, args.stage)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from align.validate import validate_recipe
+
+    for line in validate_recipe(args.recipe, args.overrides, accelerate=args.accelerate):
+        print(f"  ok  {line}")
+    print(f"{args.recipe}: valid")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    import yaml
+
+    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+        if path.parent.name == "accelerate":
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        stages = " -> ".join((data.get("stages") or {}).keys())
+        rel = path.relative_to(RECIPES_DIR.parent)
+        print(f"{rel}\n    {data.get('description', '').strip()}\n    stages: {stages}")
+    profiles = sorted(p.stem for p in (RECIPES_DIR / "accelerate").glob("*.yaml"))
+    print(f"\naccelerate profiles: {', '.join(profiles)}")
+    return 0
+
+
+def cmd_tiny(args) -> int:
+    from align.data.world import WorldConfig
+    from align.tiny import TinyConfig, build_tiny, count_parameters
+
+    config = TinyConfig(world=WorldConfig(seed=args.world_seed, n_entities=args.entities))
+    out = build_tiny(config, args.out)
+    print(f"tiny model ({count_parameters(out):,} parameters) and tokenizer in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="align", description="Staged alignment recipes: SFT, reward models, PPO, DPO, KTO, "
+        "ORPO, and honesty (\"I don't know\") data, on transformers, TRL, PEFT and accelerate.",
+        epilog="Examples:\n  align run                                  # the default recipe "
+        "(tiny model, CPU)\n  align run recipes/tiny/sft.yaml stages.sft.args.learning_rate=1e-4\n"
+        "  align validate recipes/my.yaml\n  align ls",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def recipe_args(p, optional=False):
+        if optional:
+            p.add_argument("recipe", nargs="?", help=f"recipe YAML (default: {DEFAULT_RECIPE})")
+        else:
+            p.add_argument("recipe", help="recipe YAML file")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. stages.sft.args.learning_rate=1e-4")
+        p.add_argument("--accelerate", metavar="PROFILE",
+                       help="accelerate profile name (recipes/accelerate/NAME.yaml) or config path")
+
+    p = sub.add_parser("run", help="run a recipe: every stage in order, skipping finished ones",
+                       description="Validate, then run every stage in dependency order. Stages "
+                       "whose artifact is complete and up to date are skipped; an interrupted "
+                       "stage resumes from its last checkpoint.")
+    recipe_args(p, optional=True)
+    p.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    p.add_argument("--no-validate", action="store_true", help="skip the data checks before running")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one stage (what `accelerate launch` calls)",
+                       description="Run one stage of a recipe in this process. Upstream stages "
+                       "must be finished. Use under `accelerate launch -m align stage ...`.")
+    recipe_args(p)
+    p.add_argument("--stage", required=True, help="stage name")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("validate", help="check a recipe and its data without training",
+                       description="Check the schema, stage references, stage args against the "
+                       "TRL config classes, the accelerate profile, and every dataset's rows.")
+    recipe_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("ls", help="list the shipped recipes and accelerate profiles")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("tiny", help="build the embedded tiny model and tokenizer",
+                       description="Build the tiny Llama model and BPE tokenizer trained on the "
+                       "embedded world (cached by settings).")
+    p.add_argument("--out", help="output directory (default: the cache)")
+    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--entities", type=int, default=160)
+    p.set_defaults(func=cmd_tiny)
+
+    for extra in ("register_eval", "register_push", "register_idk"):
+        hook = globals().get(extra)
+        if hook:
+            hook(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except AlignError as exc:
+        if args.debug:
+            raise
+        print(f"align: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("align: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,122 @@
+"""Data sources: local files, Hub datasets, the embedded world, upstream stage files.
+
+Rows are read as plain dicts so every error can name the file, the row (1-based; the line for
+JSONL) and the column. A stage's data is a weighted mixture of sources: weight 1 takes every row
+once, 2 every row twice, 0.5 a seeded half.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+from align.errors import DataError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def read_local(path: Path) -> list[dict]:
+    if not path.exists():
+        raise DataError("file not found", path=path)
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_SUFFIXES:
+        raise DataError(f"unsupported file type '{suffix}'; use one of {', '.join(LOCAL_SUFFIXES)}",
+                        path=path)
+    if suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})",
+                                    path=path, row=line_no) from None
+                if not isinstance(row, dict):
+                    raise DataError("each line must be a JSON object", path=path, row=line_no)
+                rows.append(row)
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON at line {exc.lineno}: {exc.msg}", path=path) from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DataError("a .json dataset must be a list of objects", path=path)
+        rows = data
+    elif suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = [dict(r) for r in csv.DictReader(f)]
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    if not rows:
+        raise DataError("the dataset is empty", path=path)
+    return rows
+
+
+def read_hub(repo_id: str, subset: str | None, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo_id, subset, split=split)
+    except Exception as exc:  # datasets raises many types for offline/missing/auth problems
+        raise DataError(f"could not load Hub dataset '{repo_id}' (split '{split}'): "
+                        f"{type(exc).__name__}: {exc}. Without a network, use a local file.") from None
+    return ds.to_list()
+
+
+def rename_columns(rows: list[dict], mapping: dict[str, str], source: str) -> list[dict]:
+    """`columns: {old: new}` renames; the error lists the columns the file has."""
+    if not mapping:
+        return rows
+    missing = [old for old in mapping if old not in rows[0]]
+    if missing:
+        raise DataError(f"columns {missing} named in `columns` are not in the data; it has "
+                        f"{sorted(rows[0])}", path=source, row=1)
+    return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
+
+
+def check_columns(rows: list[dict], required: set[str], source: str) -> None:
+    """Every row has every required column, non-null."""
+    for i, row in enumerate(rows, 1):
+        for column in sorted(required):
+            if column not in row or row[column] is None:
+                have = sorted(k for k, v in row.items() if v is not None)
+                raise DataError(f"missing column (the row has {have}); map a column to it with "
+                                f"`columns: {{yours: {column}}}`", path=source, row=i, column=column)
+
+
+def take(rows: list[dict], weight: float, max_samples: int | None, seed: int) -> list[dict]:
+    if max_samples is not None:
+        rows = rows[:max_samples]
+    whole, frac = int(weight), weight - int(weight)
+    out = rows * whole
+    if frac > 0:
+        rng = random.Random(seed)
+        out += rng.sample(rows, round(len(rows) * frac))
+    return out
+
+
+def mix(parts: list[list[dict]], seed: int) -> list[dict]:
+    """Concatenate and shuffle deterministically (every process gets the same order)."""
+    rows = [row for part in parts for row in part]
+    if len(parts) > 1:
+        random.Random(seed).shuffle(rows)
+    return rows
+
+
+def load_rows(sources, resolve: Callable, seed: int) -> list[tuple[str, list[dict]]]:
+    """Read each source; `resolve(source) -> (display name, rows)` knows the recipe's paths."""
+    out = []
+    for i, src in enumerate(sources):
+        name, rows = resolve(src)
+        rows = rename_columns(rows, src.columns, name)
+        out.append((name, take(rows, src.weight, src.max_samples, seed + i)))
+    return out

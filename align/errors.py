@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Anything the user can fix (a recipe, a dataset, an argument) raises `AlignError`. The CLI turns
+it into one paragraph on stderr and exit code 2, with no traceback unless `--debug`.
+"""
+
+
+class AlignError(Exception):
+    """A problem in the user's input, explained in words the user can act on."""
+
+    exit_code = 2
+
+
+class DataError(AlignError):
+    """A dataset problem; the message names the file, the row (1-based) and the column."""
+
+    def __init__(self, message: str, *, path=None, row=None, column=None):
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+        self.path, self.row, self.column = path, row, column

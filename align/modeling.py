@@ -1,0 +1,171 @@
+"""Loading models for a stage: the upstream model exactly, then the stage's tuning method.
+
+Hand-off rule: a stage starts from *the upstream model*. When the upstream holds an adapter,
+it is merged into its base in the compute dtype (also for a QLoRA upstream, whose base is
+re-loaded unquantised), so the new stage and its reference model see exactly the weights the
+upstream stage evaluated. Bases are resolved recursively, so adapter chains cost no extra disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from align.artifacts import MANIFEST, Artifact, load_artifact
+from align.errors import AlignError
+
+if TYPE_CHECKING:
+    from align.recipe import MethodSpec, Recipe
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, DTYPES[name])
+
+
+def resolve_base(recipe: "Recipe") -> str:
+    """The recipe's base model as a loadable reference (the tiny model is built on demand)."""
+    if recipe.model.name_or_path == "tiny":
+        from align.tiny import TinyConfig, build_tiny
+
+        return str(build_tiny(TinyConfig.from_dict({**recipe.model.tiny, "world": recipe.world})))
+    ref = recipe.model.name_or_path
+    local = recipe.resolve_path(ref)
+    return str(local) if local.exists() else ref
+
+
+def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ref), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _auto_class(task: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
+
+
+def load_full(ref: str | Path, *, task: str = "causal-lm", dtype=None, quantization=None,
+              trust_remote_code: bool = False, attn_implementation: str | None = None, **kwargs):
+    """Weights from a directory or Hub id; safetensors only (pickles can execute code)."""
+    kw = dict(dtype=dtype or "auto", trust_remote_code=trust_remote_code, use_safetensors=True,
+              **kwargs)
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        kw["quantization_config"] = quantization
+    if task == "sequence-classification":
+        kw.setdefault("num_labels", 1)
+    try:
+        return _auto_class(task).from_pretrained(str(ref), **kw)
+    except OSError as exc:
+        raise AlignError(f"could not load model weights from '{ref}': {exc}") from None
+
+
+def artifact_base(artifact: Artifact) -> str:
+    """Where an adapter artifact's base lives: a directory, an artifact, or a Hub id."""
+    base = artifact.manifest.model.base
+    local = (artifact.path / base) if not os.path.isabs(base) else Path(base)
+    return str(local.resolve()) if local.exists() else base
+
+
+def load_artifact_model(artifact: Artifact, *, task: str | None = None, dtype=None,
+                        trust_remote_code: bool = False, **kwargs):
+    """The exact model an artifact holds, as plain transformers weights (adapters merged)."""
+    ref = artifact.manifest.model
+    task = task or ref.task
+    if ref.type == "full":
+        return load_full(artifact.model_path(), task=task, dtype=dtype,
+                         trust_remote_code=trust_remote_code, **kwargs)
+    base = artifact_base(artifact)
+    if (Path(base) / MANIFEST).exists():
+        model = load_artifact_model(load_artifact(base), task=task, dtype=dtype,
+                                    trust_remote_code=trust_remote_code, **kwargs)
+    else:
+        model = load_full(base, task=task, dtype=dtype, trust_remote_code=trust_remote_code,
+                          **kwargs)
+    return merge_adapter(model, artifact.model_path())
+
+
+def merge_adapter(model, adapter_dir: Path):
+    from peft import PeftConfig, PeftModel
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if config.is_prompt_learning:
+        # Virtual tokens cannot be folded into weights; keep the PEFT wrapper (inference only).
+        return peft_model
+    return peft_model.merge_and_unload()
+
+
+def quantization_config(method: "MethodSpec"):
+    from transformers import BitsAndBytesConfig
+
+    q = method.quantization
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+                              bnb_4bit_quant_storage=torch_dtype(q.compute_dtype))
+
+
+def peft_config(method: "MethodSpec", task: str = "causal-lm"):
+    """The PEFT config of a method (None for full and freeze), handed to the TRL trainer."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, TaskType
+
+    task_type = TaskType.SEQ_CLS if task == "sequence-classification" else TaskType.CAUSAL_LM
+    if method.type in ("lora", "qlora"):
+        lora = method.lora
+        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, task_type=task_type)
+    if method.type == "ptuning":
+        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=method.num_virtual_tokens,
+                                   encoder_hidden_size=method.encoder_hidden_size)
+    if method.type == "prefix":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=method.num_virtual_tokens)
+    return None
+
+
+def freeze_bottom_layers(model, trainable_layers: int) -> None:
+    """`freeze`: only the top N decoder layers (and what follows them) learn."""
+    layers = _decoder_layers(model)
+    if trainable_layers > len(layers):
+        raise AlignError(f"method freeze: trainable_layers={trainable_layers} but the model has "
+                         f"only {len(layers)} layers.")
+    for p in model.parameters():
+        p.requires_grad = False
+    for layer in layers[len(layers) - trainable_layers:]:
+        for p in layer.parameters():
+            p.requires_grad = True
+    backbone = getattr(model, model.base_model_prefix, model)
+    norm = getattr(backbone, "norm", None)
+    if norm is not None:
+        for p in norm.parameters():
+            p.requires_grad = True
+    head = model.get_output_embeddings() or getattr(model, "score", None)
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        for p in head.parameters():
+            p.requires_grad = True
+
+
+def _decoder_layers(model):
+    backbone = getattr(model, model.base_model_prefix, model)
+    layers = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    if layers is None:
+        raise AlignError(f"method freeze: cannot find the decoder layers of {type(model).__name__}.")
+    return list(layers)
+
+
+def count_trainable(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

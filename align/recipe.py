@@ -1,0 +1,505 @@
+"""Recipes: YAML -> a validated, resolved description of a DAG of stages.
+
+A recipe is checked whole before anything trains: unknown keys (with the nearest valid key
+suggested), wrong types, stage references and cycles, each stage's `args` against the TRL
+config class of its kind. Every problem becomes one `RecipeError` paragraph naming the file and
+the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from align.errors import AlignError
+
+STAGE_KINDS = ("pretrain", "sft", "idk", "rm", "ppo", "dpo", "kto", "orpo", "evaluate")
+METHODS = ("full", "freeze", "lora", "qlora", "ptuning", "prefix")
+# Kinds whose artifact is a model that later stages can start from.
+MODEL_KINDS = ("pretrain", "sft", "rm", "ppo", "dpo", "kto", "orpo")
+# Keys align sets itself; a recipe that sets them in `args` is refused rather than ignored.
+RESERVED_ARGS = ("output_dir", "resume_from_checkpoint", "logging_dir", "push_to_hub", "hub_token")
+
+
+class RecipeError(AlignError):
+    """A recipe problem: names the recipe file and the key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSpec(Strict):
+    """The base model every first stage starts from."""
+
+    name_or_path: str = "tiny"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
+    # Settings of the embedded tiny model, when name_or_path is "tiny".
+    tiny: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSource(Strict):
+    """One dataset: exactly one of a local `path`, a Hub id, the embedded `world`, or a file of an
+    upstream stage's artifact (`stage` + `file`)."""
+
+    path: str | None = None
+    hub: str | None = None
+    world: Literal["corpus", "sft", "qa_train", "qa_eval"] | None = None
+    stage: str | None = None
+    file: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    max_samples: int | None = Field(default=None, gt=0)
+    weight: float = Field(default=1.0, gt=0)
+    columns: dict[str, str] = Field(default_factory=dict)
+    format: str = "auto"
+    label_column: str = "label"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):
+            if value.startswith("world:"):
+                return {"world": value.split(":", 1)[1]}
+            if value.startswith("hub:"):
+                return {"hub": value.split(":", 1)[1]}
+            return {"path": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("path", "hub", "world", "stage") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a data source needs exactly one of path, hub, world, stage "
+                             f"(got {', '.join(given) or 'none'})")
+        if self.stage is not None and not self.file:
+            raise ValueError("a `stage` data source also needs `file` (e.g. sft, preference, kto)")
+        return self
+
+    def describe(self) -> str:
+        if self.path:
+            return self.path
+        if self.hub:
+            return f"hub:{self.hub}"
+        if self.world:
+            return f"world:{self.world}"
+        return f"{self.stage}/{self.file}"
+
+
+class DataSpec(Strict):
+    """Training data (a mixture of weighted sources) and an optional evaluation set."""
+
+    train: list[DataSource]
+    eval: list[DataSource] = Field(default_factory=list)
+    # When no eval source is given, hold out this share of the training rows.
+    eval_fraction: float = Field(default=0.0, ge=0, lt=1)
+    on_error: Literal["fail", "drop"] = "fail"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, (str, list)) or (isinstance(value, dict) and "train" not in value
+                                              and not (set(value) & {"eval", "eval_fraction", "on_error"})):
+            value = {"train": value}
+        if isinstance(value, dict):
+            value = dict(value)
+            for key in ("train", "eval"):
+                if key in value and not isinstance(value[key], list):
+                    value[key] = [value[key]]
+        return value
+
+
+class LoraSpec(Strict):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class QuantSpec(Strict):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class MethodSpec(Strict):
+    """How the stage tunes the model: which parameters train, and in what form."""
+
+    type: Literal["full", "freeze", "lora", "qlora", "ptuning", "prefix"] = "full"
+    # freeze: train only the top N decoder layers (and the final norm / head).
+    trainable_layers: int = Field(default=2, gt=0)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    quantization: QuantSpec = Field(default_factory=QuantSpec)
+    # ptuning / prefix: virtual tokens prepended to every sequence.
+    num_virtual_tokens: int = Field(default=8, gt=0)
+    encoder_hidden_size: int = Field(default=128, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"type": value} if isinstance(value, str) else value
+
+
+class PushSpec(Strict):
+    repo_id: str
+    private: bool = False
+    revision: str | None = None
+
+
+class Stage(Strict):
+    kind: Literal["pretrain", "sft", "idk", "rm", "ppo", "dpo", "kto", "orpo", "evaluate"]
+    from_: list[str] = Field(default_factory=list, alias="from")
+    data: DataSpec | None = None
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    args: dict[str, Any] = Field(default_factory=dict)
+    # Stop when the eval loss has not improved for this many evaluations (needs eval data).
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    # Kind-specific settings that are not TRL config fields (e.g. the IDK builder, evaluation).
+    options: dict[str, Any] = Field(default_factory=dict)
+    push_to_hub: PushSpec | None = None
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    run_dir: str | None = None
+    seed: int = 42
+    accelerate: str = "cpu"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    # Settings of the embedded world (used by `world:` data sources and the tiny model).
+    world: dict[str, Any] = Field(default_factory=dict)
+    stages: dict[str, Stage]
+
+    # Filled in by load_recipe, not read from YAML.
+    source: str = Field(default="<recipe>", exclude=True)
+    base_dir: str = Field(default=".", exclude=True)
+
+    def order(self) -> list[str]:
+        return topological_order(self)
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative data paths are relative to the recipe file, so recipes travel with data."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def output_dir(self) -> Path:
+        return Path(self.run_dir or Path("runs") / self.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"override '{text}' is not of the form key.path=value "
+                          "(e.g. stages.sft.args.learning_rate=1e-4)")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecipeError(f"override '{text}' has an empty key")
+    return path, coerce_scalar(raw.strip())
+
+
+def coerce_scalar(raw: str) -> Any:
+    """'1e-4' -> 1e-4, '3' -> 3, 'true' -> True, '[a, b]' -> list; anything else stays a string."""
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, key in enumerate(path[:-1]):
+            if not isinstance(node.get(key), dict):
+                if key in node and node[key] is not None:
+                    where = ".".join(path[: i + 1])
+                    raise RecipeError(f"override '{text}': '{where}' is not a mapping")
+                node[key] = {}
+            node = node[key]
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping with `name` and `stages`")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe (structure, references, stage args)."""
+    path = Path(path)
+    data = apply_overrides(load_yaml(path), overrides or [])
+    data.setdefault("name", path.stem)
+    recipe = build_recipe(data, source=str(path))
+    recipe.base_dir = str(path.resolve().parent)
+    return recipe
+
+
+def build_recipe(data: dict, source: str = "<recipe>") -> Recipe:
+    check_keys(data, Recipe, [], source)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source)) from None
+    recipe.source = source
+    check_references(recipe)
+    for name, stage in recipe.stages.items():
+        check_stage_args(recipe, name, stage)
+        check_stage_needs(recipe, name, stage)
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Structural checks
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The pydantic model a field holds (directly, in a list/dict, or in an Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType, list, dict):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found:
+                return found
+        return None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, str]:
+    names = {}
+    for name, info in model.model_fields.items():
+        if info.exclude:
+            continue
+        names[info.alias or name] = name
+    return names
+
+
+def check_keys(data: Any, model: type[BaseModel], path: list[str], source: str) -> None:
+    """Unknown keys anywhere are errors that name the key path and the nearest valid key."""
+    if not isinstance(data, dict):
+        return
+    names = _field_names(model)
+    for key, value in data.items():
+        if key not in names:
+            suggestion = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.5)
+            hint = f" Did you mean '{suggestion[0]}'?" if suggestion else ""
+            where = ".".join([*path, str(key)])
+            raise RecipeError(f"{source}: unknown key '{where}'.{hint} Valid keys here: "
+                              f"{', '.join(sorted(names))}.")
+        annotation = model.model_fields[names[key]].annotation
+        sub = _model_of(annotation)
+        if sub is None:
+            continue
+        origin = typing.get_origin(annotation)
+        if origin is dict and isinstance(value, dict):
+            for k, v in value.items():
+                check_keys(v, sub, [*path, key, str(k)], source)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                check_keys(v, sub, [*path, key, str(i)], source)
+        elif key == "data" and isinstance(value, dict) and "train" not in value:
+            check_keys(value, DataSource, [*path, key], source)
+        else:
+            check_keys(value, sub, [*path, key], source)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "str", "list[", "dict[")))
+        value = err.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+        lines.append(f"'{loc}': {err['msg']}{shown}")
+    more = f" (and {len(exc.errors()) - 5} more)" if len(exc.errors()) > 5 else ""
+    return f"{source}: invalid recipe: " + "; ".join(lines) + more + "."
+
+
+def check_references(recipe: Recipe) -> None:
+    names = list(recipe.stages)
+    for name, stage in recipe.stages.items():
+        for upstream in stage.from_:
+            if upstream not in recipe.stages:
+                hint = difflib.get_close_matches(upstream, names, n=1)
+                extra = f" Did you mean '{hint[0]}'?" if hint else ""
+                raise RecipeError(f"{recipe.source}: stage '{name}' has from: '{upstream}', but "
+                                  f"the recipe has no stage of that name.{extra} Stages: "
+                                  f"{', '.join(names)}.")
+        if stage.data:
+            for src in [*stage.data.train, *stage.data.eval]:
+                if src.stage and src.stage not in stage.from_:
+                    raise RecipeError(f"{recipe.source}: stage '{name}' reads data from stage "
+                                      f"'{src.stage}', which must also be listed in its `from`.")
+    topological_order(recipe)
+
+
+def topological_order(recipe: Recipe) -> list[str]:
+    """Stages in dependency order, recipe order among independent ones; cycles are errors."""
+    done: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            cycle = trail[trail.index(name):] + [name]
+            raise RecipeError(f"{recipe.source}: the stages form a cycle: {' -> '.join(cycle)}. "
+                              "A stage's `from` must name stages that run before it.")
+        state[name] = "active"
+        for upstream in recipe.stages[name].from_:
+            visit(upstream, [*trail, name])
+        state[name] = "done"
+        done.append(name)
+
+    for name in recipe.stages:
+        visit(name, [])
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage args against the TRL config classes
+
+
+def config_class(kind: str):
+    """The config class a stage's `args` feed (None for kinds configured by `options` only)."""
+    if kind in ("pretrain", "sft"):
+        from trl import SFTConfig
+        return SFTConfig
+    if kind == "rm":
+        from trl import RewardConfig
+        return RewardConfig
+    if kind == "dpo":
+        from trl import DPOConfig
+        return DPOConfig
+    if kind == "kto":
+        from trl import KTOConfig
+        return KTOConfig
+    if kind == "orpo":
+        import os
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.orpo import ORPOConfig
+        return ORPOConfig
+    if kind == "ppo":
+        try:
+            from align.ppo.config import PPOConfig
+        except ImportError:
+            return None
+        return PPOConfig
+    return None
+
+
+def _accepts(annotation, value) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is typing.Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, __import__("enum").Enum):
+        return value in [m.value for m in annotation] or isinstance(value, annotation)
+    return True  # types we cannot check cheaply are left to the config class
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
+    cls = config_class(stage.kind)
+    if cls is None:
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in stage.args.items():
+        where = f"stages.{name}.args.{key}"
+        if key in RESERVED_ARGS:
+            raise RecipeError(f"{recipe.source}: '{where}' is set by align (the run directory and "
+                              "resumption are managed per stage); remove it.")
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            extra = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise RecipeError(f"{recipe.source}: unknown key '{where}': {cls.__name__} has no "
+                              f"field '{key}'.{extra}")
+        annotation = hints.get(key, fields[key].type)
+        if not _accepts(annotation, value):
+            raise RecipeError(f"{recipe.source}: '{where}' must be {_type_name(annotation)}, "
+                              f"got {value!r} ({type(value).__name__}).")
+    for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size"):
+        value = stage.args.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0 or (value == 0 and key != "max_steps"):
+                raise RecipeError(f"{recipe.source}: 'stages.{name}.args.{key}' must be positive, "
+                                  f"got {value}.")
+
+
+# What each kind needs: data, and upstream stages of which kinds.
+NEEDS_DATA = ("pretrain", "sft", "rm", "dpo", "kto", "orpo", "ppo", "idk", "evaluate")
+
+
+def check_stage_needs(recipe: Recipe, name: str, stage: Stage) -> None:
+    src = recipe.source
+    if stage.kind in NEEDS_DATA and stage.data is None and stage.kind not in ("idk", "evaluate"):
+        raise RecipeError(f"{src}: stage '{name}' (kind {stage.kind}) needs a `data` block.")
+    if stage.kind not in ("pretrain", "sft") and stage.method.type in ("ptuning", "prefix"):
+        raise RecipeError(f"{src}: stages.{name}.method: {stage.method.type} is supported for "
+                          "pretrain and sft stages only.")
+    if stage.kind in ("idk", "evaluate") and stage.method.type != "full":
+        raise RecipeError(f"{src}: stages.{name}.method: a {stage.kind} stage trains nothing; "
+                          "remove `method`.")
+    model_inputs = [u for u in stage.from_ if recipe.stages[u].kind in MODEL_KINDS]
+    if stage.kind in ("rm", "dpo", "kto", "orpo", "ppo", "idk") and not model_inputs and \
+            stage.kind != "rm":
+        # These start from a trained policy; starting from the raw base is almost always a
+        # mistake (the reference model would be the base).
+        raise RecipeError(f"{src}: stage '{name}' (kind {stage.kind}) needs `from:` naming the "
+                          "stage whose model it starts from (usually the sft stage).")

@@ -1,0 +1,30 @@
+"""Trainer callbacks shared by the TRL-based stages."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import TrainerCallback
+
+from align.errors import AlignError
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop at the first non-finite logged loss or gradient norm instead of training on garbage.
+
+    Checkpoints written before the fault are kept, so the last good one can be resumed with a
+    lower learning rate.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"training stopped at step {state.global_step}: {key} is {value}. The last "
+                    f"good checkpoint (if any) is kept in {args.output_dir}; lower the learning "
+                    "rate or check the data, then rerun to resume.")
+
+
+class NonFiniteError(AlignError):
+    pass

@@ -1,0 +1,43 @@
+"""Training summaries from a Trainer's log history: the numbers a stage's one-line report shows."""
+
+from __future__ import annotations
+
+
+def loss_summary(log_history: list[dict], *, window: int = 3) -> dict:
+    """First/last train loss, final/best eval loss, and an overfitting flag.
+
+    Overfitting is flagged when the eval loss ended above its best value by more than 2% while
+    the train loss kept falling over the same evaluations.
+    """
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "eval_loss" not in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    out: dict = {}
+    if train:
+        head = [v for _, v in train[:window]]
+        tail = [v for _, v in train[-window:]]
+        out["train_loss_first"] = sum(head) / len(head)
+        out["train_loss_last"] = sum(tail) / len(tail)
+    if evals:
+        best_step, best = min(evals, key=lambda e: e[1])
+        out["eval_loss"] = evals[-1][1]
+        out["eval_loss_best"] = best
+        later_train = [v for s, v in train if s >= best_step]
+        train_fell = len(later_train) >= 2 and later_train[-1] < later_train[0]
+        out["overfitting"] = bool(evals[-1][1] > best * 1.02 and train_fell)
+    out["steps"] = max((h.get("step", 0) for h in log_history), default=0)
+    return out
+
+
+def one_line(name: str, kind: str, metrics: dict, seconds: float) -> str:
+    parts = [f"{name} ({kind})"]
+    if "train_loss_first" in metrics:
+        parts.append(f"loss {metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}")
+    if "eval_loss" in metrics:
+        parts.append(f"eval loss {metrics['eval_loss']:.3f}")
+        if metrics.get("overfitting"):
+            parts.append("OVERFITTING: eval loss rose while train loss fell")
+    for key in ("accuracy", "margin", "mean_score_last"):
+        if key in metrics and isinstance(metrics[key], (int, float)):
+            parts.append(f"{key} {metrics[key]:.3f}")
+    parts.append(f"{seconds:.0f}s")
+    return " | ".join(parts)

@@ -1,0 +1,78 @@
+"""`align validate`: everything that can be checked before training, without training.
+
+The recipe's structure and stage args (recipe.py), the accelerate profile, and every dataset:
+it exists, parses, is not empty, and converts to the format its stage trains on (so a missing
+column or a malformed row is found now, with its file and row, not an hour into a run).
+"""
+
+from __future__ import annotations
+
+from align.errors import AlignError
+from align.recipe import Recipe, RecipeError, load_recipe
+
+# What each stage kind trains on (a formats.TARGETS), or the QA columns it reads.
+TARGET_OF_KIND = {"pretrain": "language_modeling", "sft": "sft", "rm": "preference",
+                  "dpo": "preference", "orpo": "preference", "kto": "unpaired",
+                  "ppo": "prompt_only"}
+QA_KINDS = ("idk", "evaluate")
+QA_COLUMNS = {"question", "answers"}
+# Files an idk artifact offers to later stages.
+IDK_FILES = ("sft", "preference", "kto", "rm", "prompts", "probe")
+
+
+def world_rows(recipe: Recipe) -> dict[str, list[dict]]:
+    from align.data.world import WorldConfig, build_world, make_splits
+
+    try:
+        return make_splits(build_world(WorldConfig(**recipe.world)))
+    except TypeError as exc:
+        raise RecipeError(f"{recipe.source}: invalid `world` settings: {exc}") from None
+
+
+def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate: str | None = None) -> list[str]:
+    """Raise the first problem found; return what was checked, one line per item."""
+    from align.data.formats import convert_rows
+    from align.data.sources import check_columns, read_local, rename_columns, take
+    from align.runner import profile_path
+
+    recipe = load_recipe(path, overrides)
+    checked = [f"recipe {path}: {len(recipe.stages)} stages, order {' -> '.join(recipe.order())}"]
+    profile = profile_path(accelerate or recipe.accelerate)
+    checked.append(f"accelerate profile {profile.stem} ({profile})")
+    world = None
+    for name in recipe.order():
+        stage = recipe.stages[name]
+        if stage.data is None:
+            continue
+        for src in [*stage.data.train, *stage.data.eval]:
+            label = src.describe()
+            if src.hub:
+                checked.append(f"{name}: {label} (Hub dataset, not checked offline)")
+                continue
+            if src.stage:
+                kind = recipe.stages[src.stage].kind
+                if kind != "idk" or src.file not in IDK_FILES:
+                    raise RecipeError(f"{recipe.source}: stage '{name}' reads file '{src.file}' of "
+                                      f"stage '{src.stage}' ({kind}); only idk stages offer "
+                                      f"files: {', '.join(IDK_FILES)}.")
+                checked.append(f"{name}: {label} (made by stage {src.stage})")
+                continue
+            if src.world:
+                world = world or world_rows(recipe)
+                rows = world[src.world]
+            else:
+                rows = read_local(recipe.resolve_path(src.path))
+            rows = take(rename_columns(rows, src.columns, label), 1.0, src.max_samples, recipe.seed)
+            if stage.kind in QA_KINDS:
+                check_columns(rows, QA_COLUMNS | ({"known"} if stage.kind == "evaluate" else set()),
+                              label)
+            else:
+                result = convert_rows(rows, source=label, target=TARGET_OF_KIND[stage.kind],
+                                      fmt=src.format, label_column=src.label_column,
+                                      on_error=stage.data.on_error)
+                if result.dropped:
+                    checked.append(f"{name}: {label}: {len(result.dropped)} malformed rows will "
+                                   f"be dropped (first: {result.dropped[0]})")
+            checked.append(f"{name}: {label}: {len(rows)} rows OK for {stage.kind}")
+    return checked
+
