@@ -321,9 +321,14 @@ def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) 
     root_text = (f"[`{root}`](https://huggingface.co/{root})" if root_on_hub
                  else f"`{scrub_paths(root)}` (a local model)")
     what = "reward model" if reward else "model"
-    out = [f"---\n{front}---", "", f"# {repo_id.split('/')[-1]}", "",
-           f"A {what} trained from {root_text} by the `{manifest.kind}` stage ({kind}) of an "
-           f"align recipe, as a {method}."]
+    if adapter:
+        for_what = " (a reward model)" if reward else ""
+        summary = (f"A {method}{for_what} for {root_text}, trained by the `{manifest.kind}` stage "
+                   f"({kind}) of an align recipe.")
+    else:
+        summary = (f"A {what} fine-tuned from {root_text} ({method}) by the `{manifest.kind}` "
+                   f"stage ({kind}) of an align recipe.")
+    out = [f"---\n{front}---", "", f"# {repo_id.split('/')[-1]}", "", summary]
     if not root_on_hub:
         out += ["", f"The lineage started from a local model (`{scrub_paths(root)}`), not a Hub "
                 "repository, so this card sets no `base_model` metadata."]
@@ -522,7 +527,8 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
     from huggingface_hub.errors import HfHubHTTPError
 
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    api = HfApi(endpoint=endpoint, token=secret, library_name="align")
+    api = HfApi(endpoint=endpoint, token=secret, library_name="align",
+                library_version=_align_version())
     transport = _transport_errors()
 
     def call(what: str, fn: Callable[[], Any]) -> Any:
@@ -543,7 +549,8 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
                 raise _http_error(err, status, what, repo_id, revision, attempt, secret) from None
             except ValueError as err:  # e.g. the Hub refused the card's metadata
                 raise AlignError(_one_paragraph(_scrub(
-                    f"the Hub refused the push to {repo_id} while {what} it: {err}", secret))) from None
+                    f"the push to {repo_id} failed while {what} it: {err} No commit was made and "
+                    "the local artifact is unchanged.", secret))) from None
             except transport as err:
                 raise _network_error(err, what, repo_id, endpoint, secret) from None
 
@@ -568,6 +575,15 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
     info = call("uploading to", commit)
     result.commit_url = _scrub(str(getattr(info, "commit_url", "") or ""), secret) or None
     return result
+
+
+def _align_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("align")
+    except PackageNotFoundError:
+        return None
 
 
 def format_plan(result: PushResult) -> str:

@@ -437,5 +437,5 @@ def test_dry_run_makes_no_request_and_needs_no_token(tmp_path, hub):
     text = format_plan(result)
     assert text.startswith(f"would upload to {REPO}")
     size = (art / "model/adapter_model.safetensors").stat().st_size
-    assert f"adapter_model.safetensors" in text and f"{size} B" in text
+    assert "adapter_model.safetensors" in text and f"{size} B" in text
     assert result.card in text and "optimizer" not in text
