@@ -46,13 +46,12 @@ def prepare_world(recipe: Recipe) -> Path | None:
 
     if not uses_world(recipe):
         return None
+    try:
+        config = WorldConfig(**recipe.world)
+    except TypeError as exc:
+        raise AlignError(f"{recipe.source}: invalid `world` settings: {exc}") from None
     out = world_dir(recipe)
-    if not (out / "world.json").exists():
-        try:
-            config = WorldConfig(**recipe.world)
-        except TypeError as exc:
-            raise AlignError(f"{recipe.source}: invalid `world` settings: {exc}") from None
-        build_world(config).write(out)
+    build_world(config).write(out)  # cheap; files are rewritten only when they change
     return out
 
 

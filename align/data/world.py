@@ -100,9 +100,9 @@ class World:
         paths = {}
         for name, rows in splits.items():
             paths[name] = out / f"{name}.jsonl"
-            _write_jsonl(paths[name], rows)
+            _write_if_changed(paths[name], "".join(json.dumps(r) + "\n" for r in rows))
         paths["world"] = out / "world.json"
-        paths["world"].write_text(json.dumps(
+        _write_if_changed(paths["world"], json.dumps(
             {"config": asdict(self.config), "countries": [asdict(c) for c in self.countries]},
             indent=1))
         return paths
@@ -169,7 +169,9 @@ def chat(question: str, answer: str) -> dict:
 def make_splits(world: World) -> dict[str, list[dict]]:
     """Corpus, SFT chat rows, a probe pool and a held-out evaluation set.
 
-    - corpus: every fact of every known country, in every phrasing.
+    - corpus: every fact of every known country, in every phrasing (a profile per phrasing), plus the SFT questions with
+      their answers as plain text (mixing some QA into pretraining is what lets a small model
+      answer questions about the facts it only read as prose).
     - sft: questions about a share of the known facts, answered in the corpus' phrasing.
     - qa_train: the probe pool for the honesty builder: the SFT facts plus questions about the
       unknown countries that are not held out.
@@ -180,11 +182,13 @@ def make_splits(world: World) -> dict[str, list[dict]]:
     rng = random.Random(cfg.seed + 1)
     corpus, sft, qa_train, qa_eval = [], [], [], []
     for country in world.known:
-        for attribute in cfg.attributes:
-            for template in FACT_TEMPLATES[attribute]:
-                corpus.append({"text": template.format(e=country.name, v=getattr(country, attribute))})
-    rng.shuffle(corpus)
-
+        # One short profile per phrasing: the name recurs within a document, which is what
+        # teaches a small model to copy a name from a question into its answer.
+        for phrasing in range(3):
+            facts = [FACT_TEMPLATES[a][phrasing].format(e=country.name, v=getattr(country, a))
+                     for a in cfg.attributes]
+            rng.shuffle(facts)
+            corpus.append({"text": " ".join(facts)})
     known_facts = [(c, a) for c in world.known for a in cfg.attributes]
     rng.shuffle(known_facts)
     n_sft = round(len(known_facts) * cfg.sft_fraction)
@@ -192,6 +196,7 @@ def make_splits(world: World) -> dict[str, list[dict]]:
         row = qa_row(country, attribute, template=rng.randrange(2))
         if i < n_sft:
             sft.append(chat(row["question"], row["answer"]))
+            corpus.append({"text": f"{row['question']} {row['answer']}"})
             qa_train.append(row)
         else:
             qa_eval.append(row)
@@ -203,16 +208,18 @@ def make_splits(world: World) -> dict[str, list[dict]]:
         for attribute in cfg.attributes:
             row = qa_row(country, attribute, template=rng.randrange(2))
             (qa_eval if i < n_eval else qa_train).append(row)
+    rng.shuffle(corpus)
     rng.shuffle(qa_train)
     rng.shuffle(qa_eval)
     return {"corpus": corpus, "sft": sft, "qa_train": qa_train, "qa_eval": qa_eval}
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def _write_if_changed(path: Path, text: str) -> None:
+    """Rewrite only on change, so file times and hashes stay stable across runs."""
+    if path.exists() and path.read_text() == text:
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -8,7 +8,6 @@ qlora, ptuning, prefix.
 from __future__ import annotations
 
 from align.artifacts import ModelRef
-from align.errors import AlignError
 from align.stages.context import StageContext
 from align.stages.summary import loss_summary
 
@@ -27,8 +26,6 @@ def run(ctx: StageContext):
     if not pretraining and "assistant_only_loss" not in ctx.stage.args:
         # Loss on the answers only, when the chat template marks assistant turns.
         defaults["assistant_only_loss"] = "generation" in (tokenizer.chat_template or "")
-    if method.type == "prefix":
-        refuse_prefix_tuning()
     args = ctx.training_args(SFTConfig, has_eval=evaluation is not None, **defaults)
 
     model = ctx.load_start_model(quantized=method.type == "qlora")
@@ -54,12 +51,3 @@ def run(ctx: StageContext):
                    method=method.type)
     return ctx.finish(model=ref, tokenizer="model", metrics=metrics)
 
-
-def refuse_prefix_tuning():
-    """Prefix tuning (P-tuning v2) does not train under transformers 5 + PEFT 0.21."""
-    raise AlignError(
-        "method prefix is not supported with this transformers/PEFT pair: PEFT's prefix tuning "
-        "passes `past_key_values` as a legacy tuple and extends the attention mask, but "
-        "transformers 5 models expect a Cache object and build their masks from it, so the "
-        "first forward pass fails with an attention-mask size mismatch. Use method ptuning "
-        "(P-tuning) or lora instead.")
