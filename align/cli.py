@@ -87,6 +87,26 @@ def cmd_tiny(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from align.hub import format_plan, push_artifact
+
+    result = push_artifact(args.artifact, args.repo_id, private=args.private,
+                           revision=args.revision, commit_message=args.commit_message,
+                           dry_run=args.dry_run, run_report=run_report_of(args.artifact))
+    if args.dry_run:
+        print(format_plan(result))
+    else:
+        print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
+    return 0
+
+
+def run_report_of(artifact: str) -> str | None:
+    """The run's honesty table, when an evaluate stage beside the artifact has one."""
+    for table in sorted(Path(artifact).resolve().parent.glob("*/seesaw.md")):
+        return table.read_text()
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="align", description="Staged alignment recipes: SFT, reward models, PPO, DPO, KTO, "
@@ -141,10 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entities", type=int, default=160)
     p.set_defaults(func=cmd_tiny)
 
-    for extra in ("register_eval", "register_push", "register_idk"):
-        hook = globals().get(extra)
-        if hook:
-            hook(sub)
+    p = sub.add_parser("push", help="upload an artifact's adapter or model with a model card",
+                       description="Upload what a stage produced (the adapter, or the full "
+                       "model in safetensors, and the tokenizer; never checkpoints or optimizer "
+                       "state) with a model card, in one commit. The token comes from HF_TOKEN "
+                       "or the saved login.")
+    p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
+    p.add_argument("--repo-id", required=True, help="OWNER/NAME on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to commit to (created if missing)")
+    p.add_argument("--commit-message", help="commit message")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the files and print the card; no network, no token needed")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

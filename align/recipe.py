@@ -54,7 +54,8 @@ class DataSource(Strict):
 
     path: str | None = None
     hub: str | None = None
-    world: Literal["corpus", "sft", "qa_train", "qa_eval"] | None = None
+    world: Literal["corpus", "sft", "qa_train", "qa_eval", "preference_train",
+                   "preference_eval"] | None = None
     stage: str | None = None
     file: str | None = None
     subset: str | None = None

@@ -34,7 +34,7 @@ def uses_world(recipe: Recipe) -> bool:
     for stage in recipe.stages.values():
         if stage.data and any(s.world for s in [*stage.data.train, *stage.data.eval]):
             return True
-        if stage.kind in ("evaluate",) and stage.data is None:
+        if stage.kind in ("evaluate", "idk") and stage.data is None:
             return True
     return False
 
@@ -215,6 +215,14 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
                     raise StageFailed(name, proc.returncode)
                 artifact = load_artifact(dirs.final)
             results[name] = artifact
+            push = recipe.stages[name].push_to_hub
+            if push is not None:
+                from align.hub import push_artifact
+
+                # The runner is one process whatever the profile: the push happens once.
+                pushed = push_artifact(artifact.path, push.repo_id, private=push.private,
+                                       revision=push.revision)
+                print(f"{tag} {name}: pushed to {pushed.repo_id} ({pushed.commit_url})", flush=True)
             print(f"{tag} " + one_line(name, artifact.manifest.kind, artifact.manifest.metrics,
                                        time.time() - start), flush=True)
     return results

@@ -211,7 +211,12 @@ def make_splits(world: World) -> dict[str, list[dict]]:
     rng.shuffle(corpus)
     rng.shuffle(qa_train)
     rng.shuffle(qa_eval)
-    return {"corpus": corpus, "sft": sft, "qa_train": qa_train, "qa_eval": qa_eval}
+    splits = {"corpus": corpus, "sft": sft, "qa_train": qa_train, "qa_eval": qa_eval}
+    # preference_train / preference_eval: true fact over a wrong value (world_preferences.py).
+    from align.data.world_preferences import preference_splits
+
+    splits.update(preference_splits(world, splits))
+    return splits
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from align.recipe import MODEL_KINDS, DataSource, Recipe, Stage
 # Trainer defaults that suit align's per-stage directories; any of them can be set in `args`.
 TRAINER_DEFAULTS = dict(
     logging_steps=10, save_strategy="steps", save_steps=50, save_total_limit=2,
-    report_to="none", gradient_checkpointing=False, max_grad_norm=1.0,
+    report_to="none", activation_checkpointing=False, max_grad_norm=1.0,
     dataloader_num_workers=0, disable_tqdm=False,
 )
 
@@ -201,6 +201,8 @@ class StageContext:
             args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
                         greater_is_better=False)
         args.update(self.stage.args)
+        if "gradient_checkpointing" in self.stage.args:  # the older name still works
+            args.pop("activation_checkpointing", None)
         if args.get("eval_strategy") not in (None, "no") and "eval_steps" not in self.stage.args:
             args["eval_steps"] = args.get("save_steps", 50)
         return config_cls(output_dir=str(self.dirs.checkpoints), **args)

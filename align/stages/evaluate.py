@@ -16,14 +16,16 @@ QA_COLUMNS = {"question", "answers", "known"}
 OPTIONS = {"judge", "max_new_tokens", "batch_size"}
 
 
-def evaluation_rows(ctx: StageContext) -> list[dict]:
+def evaluation_rows(ctx: StageContext, default: str = "qa_eval", need_known: bool = True) -> list[dict]:
+    """Labelled QA rows (question, answers[, known]); the embedded world's split by default."""
     from align.data.sources import check_columns, load_rows
     from align.recipe import DataSource
 
-    sources = ctx.stage.data.train if ctx.stage.data else [DataSource(world="qa_eval")]
+    sources = ctx.stage.data.train if ctx.stage.data else [DataSource(world=default)]
+    required = QA_COLUMNS if need_known else QA_COLUMNS - {"known"}
     rows = []
     for name, part in load_rows(sources, ctx.read_source, ctx.recipe.seed):
-        check_columns(part, QA_COLUMNS, name)
+        check_columns(part, required, name)
         for row in part:
             if isinstance(row["answers"], str):
                 row["answers"] = [row["answers"]]

@@ -36,7 +36,7 @@ def one_line(name: str, kind: str, metrics: dict, seconds: float) -> str:
         parts.append(f"eval loss {metrics['eval_loss']:.3f}")
         if metrics.get("overfitting"):
             parts.append("OVERFITTING: eval loss rose while train loss fell")
-    for key in ("accuracy", "margin", "mean_score_last"):
+    for key in ("accuracy", "margin", "heldout_margin_sft", "heldout_margin", "mean_score_last"):
         if key in metrics and isinstance(metrics[key], (int, float)):
             parts.append(f"{key} {metrics[key]:.3f}")
     parts.append(f"{seconds:.0f}s")

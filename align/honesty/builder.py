@@ -1,0 +1,177 @@
+"""The "I don't know" builder: probe what a model knows, turn it into honesty training data.
+
+For every question with gold answers the model gives one greedy and K sampled answers; the
+judge grades each. p_correct = correct answers / (K + 1) sorts questions into known (answer
+them), unknown (say you don't know) and a grey zone between the two thresholds (dropped, or
+answered with a verbal-confidence prefix). From that come SFT rows, preference pairs, KTO rows,
+reward-model pairs and PPO prompts, each in the format the stage that reads it expects.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from align.errors import AlignError
+from align.honesty.responses import CONFIDENCE_PREFIXES, DEFAULT_IDK_RESPONSES
+
+OUTPUT_FILES = {"probe": "probe.jsonl", "sft": "sft.jsonl", "preference": "preference.jsonl",
+                "kto": "kto.jsonl", "rm": "rm.jsonl", "prompts": "prompts.jsonl",
+                "stats": "stats.json"}
+
+
+@dataclass
+class ProbeConfig:
+    """The `options` of an idk stage."""
+
+    k: int = 8
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    known_threshold: float = 0.5
+    unknown_threshold: float = 0.1
+    grey: str = "drop"  # or "confidence"
+    idk_responses: list[str] = field(default_factory=lambda: list(DEFAULT_IDK_RESPONSES))
+    judge: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def from_options(cls, options: dict, where: str) -> "ProbeConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise AlignError(f"{where}: unknown option(s) {sorted(unknown)}; valid: {sorted(names)}.")
+        config = cls(**options)
+        if not 0 <= config.unknown_threshold < config.known_threshold <= 1:
+            raise AlignError(f"{where}: need 0 <= unknown_threshold < known_threshold <= 1 (got "
+                             f"{config.unknown_threshold} and {config.known_threshold}).")
+        if config.grey not in ("drop", "confidence"):
+            raise AlignError(f"{where}.grey must be 'drop' or 'confidence', got {config.grey!r}.")
+        if config.k < 1 or not config.idk_responses:
+            raise AlignError(f"{where}: k must be >= 1 and idk_responses non-empty.")
+        return config
+
+
+def categorize(p_correct: float, config: ProbeConfig) -> str:
+    if p_correct >= config.known_threshold:
+        return "known"
+    if p_correct <= config.unknown_threshold:
+        return "unknown"
+    return "grey"
+
+
+def probe(model, tokenizer, rows: list[dict], config: ProbeConfig, judge,
+          progress: bool = True) -> list[dict]:
+    """One greedy and K sampled answers per question, graded; returns the probe records."""
+    from align.generation import generate_answers
+
+    questions = [r["question"] for r in rows]
+    greedy = generate_answers(model, tokenizer, questions, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.batch_size,
+                              progress="probe (greedy)" if progress else None)
+    sampled = generate_answers(model, tokenizer, questions, max_new_tokens=config.max_new_tokens,
+                               batch_size=max(1, config.batch_size // config.k),
+                               num_samples=config.k, do_sample=True,
+                               temperature=config.temperature, top_p=config.top_p,
+                               seed=config.seed, progress="probe (sampled)" if progress else None)
+    records = []
+    for row, g, samples in zip(rows, greedy, sampled):
+        answers = [g[0], *samples]
+        grades = [judge.grade(a, row["answers"]) for a in answers]
+        p_correct = grades.count("correct") / len(answers)
+        records.append({
+            "question": row["question"], "answers": row["answers"], "gold": gold_text(row),
+            "greedy": g[0], "samples": samples, "grades": grades, "p_correct": p_correct,
+            "category": categorize(p_correct, config),
+            **({"known": row["known"]} if "known" in row else {}),
+        })
+    return records
+
+
+def gold_text(row: dict) -> str:
+    """The reference answer to train on: a full `answer` when the data has one."""
+    return row.get("answer") or row["answers"][0]
+
+
+def _user(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def build_outputs(records: list[dict], config: ProbeConfig) -> dict[str, list[dict]]:
+    """Every training file from the probe records (deterministic for a seed)."""
+    rng = random.Random(config.seed)
+    out: dict[str, list[dict]] = {k: [] for k in ("sft", "preference", "kto", "rm", "prompts")}
+    for rec in records:
+        q, cat = rec["question"], rec["category"]
+        idk = rng.choice(config.idk_responses)
+        answers = [rec["greedy"], *rec["samples"]]
+        wrong = [a for a, g in zip(answers, rec["grades"]) if g == "wrong" and a.strip()]
+        correct = rec["gold"]
+        if cat == "grey" and config.grey == "drop":
+            continue
+        if cat == "grey":
+            target = rng.choice(CONFIDENCE_PREFIXES) + correct[0].lower() + correct[1:]
+            out["sft"].append({"messages": _user(q) + _assistant(target)})
+        elif cat == "known":
+            out["sft"].append({"messages": _user(q) + _assistant(correct)})
+            # Guard against over-refusal: on what the model knows, answering beats refusing.
+            out["preference"].append({"prompt": _user(q), "chosen": _assistant(correct),
+                                      "rejected": _assistant(idk)})
+            out["kto"] += [{"prompt": _user(q), "completion": _assistant(correct), "label": True},
+                           {"prompt": _user(q), "completion": _assistant(idk), "label": False}]
+            out["rm"].append({"prompt": _user(q), "chosen": _assistant(correct),
+                              "rejected": _assistant(idk)})
+            if wrong:
+                out["rm"].append({"prompt": _user(q), "chosen": _assistant(correct),
+                                  "rejected": _assistant(rng.choice(wrong))})
+        else:  # unknown
+            out["sft"].append({"messages": _user(q) + _assistant(idk)})
+            if wrong:
+                hallucination = rng.choice(wrong)
+                out["preference"].append({"prompt": _user(q), "chosen": _assistant(idk),
+                                          "rejected": _assistant(hallucination)})
+                out["kto"] += [
+                    {"prompt": _user(q), "completion": _assistant(idk), "label": True},
+                    {"prompt": _user(q), "completion": _assistant(hallucination), "label": False}]
+                out["rm"].append({"prompt": _user(q), "chosen": _assistant(idk),
+                                  "rejected": _assistant(hallucination)})
+        out["prompts"].append({"prompt": _user(q), "answers": rec["answers"], "category": cat})
+    for name in out:
+        rng.shuffle(out[name])
+    return out
+
+
+def probe_stats(records: list[dict], config: ProbeConfig) -> dict:
+    counts = {c: sum(r["category"] == c for r in records) for c in ("known", "unknown", "grey")}
+    stats: dict[str, Any] = {"questions": len(records), "categories": counts,
+                             "known_threshold": config.known_threshold,
+                             "unknown_threshold": config.unknown_threshold, "k": config.k,
+                             "grey": config.grey}
+    labelled = [r for r in records if "known" in r and r["category"] != "grey"]
+    if labelled:
+        # Agreement of the probe's categories with ground-truth labels (the embedded world has them).
+        agree = sum((r["category"] == "known") == bool(r["known"]) for r in labelled)
+        stats["label_agreement"] = agree / len(labelled)
+    return stats
+
+
+def write_outputs(out_dir: Path, records: list[dict], outputs: dict, stats: dict) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in [("probe", records), *outputs.items()]:
+        with (out_dir / OUTPUT_FILES[name]).open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    (out_dir / OUTPUT_FILES["stats"]).write_text(json.dumps(stats, indent=2))
+    return dict(OUTPUT_FILES)
+
+
+def config_dict(config: ProbeConfig) -> dict:
+    return asdict(config)

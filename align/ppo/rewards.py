@@ -1,0 +1,323 @@
+"""Where PPO's scores come from, and how a raw score becomes the reward the policy sees.
+
+Sources: the reward model of an upstream `rm` stage (its scalar at the last real token), a
+Python callable named `module:function` (rule-based or verifiable rewards), or a weighted sum of
+several. A row whose score is not finite (a callable returned None or nan, a reward model
+overflowed) is reported and left out of training rather than poisoning the update.
+
+Shaping (`ScoreShaper`) is applied to the combined score in this order: normalisation
+(running moments merged across processes; `rm_stats` is applied inside the RM source, with the
+statistics the RM stage measured on held-out data), clipping, then the missing-EOS penalty, so
+the clip and the penalty are in the same units as the normalised score.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from align.errors import AlignError
+from align.ppo.core import RunningMoments
+
+# --------------------------------------------------------------------------------------------
+# Scalar heads on causal backbones (reward model and value model share them)
+# --------------------------------------------------------------------------------------------
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded row sees the same positions as unpadded."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def classifier_parts(model):
+    """(backbone, scalar head) of a sequence-classification model, PEFT-wrapped or not.
+
+    The head is applied per token by hand: transformers' own pooling picks the last token that
+    is not the pad id, which is wrong when pad == eos, and values are needed at every token.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(inner, inner.base_model_prefix, None)
+    head = getattr(inner, "score", None)
+    if head is None:
+        head = getattr(inner, "classifier", None)
+    if backbone is None or head is None:
+        raise AlignError(f"{type(inner).__name__} is not a causal backbone with a scalar head "
+                         "(expected `<base_model_prefix>` and `score` modules).")
+    return backbone, head
+
+
+def hidden_states(backbone, input_ids, attention_mask) -> torch.Tensor:
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the rightmost attended position of each row (left and right padding allowed)."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+@torch.no_grad()
+def sequence_scores(model, input_ids, attention_mask) -> torch.Tensor:
+    """The reward model's scalar at each row's last real token, float32, shape (B,)."""
+    backbone, head = classifier_parts(model)
+    hidden = hidden_states(backbone, input_ids, attention_mask)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, last_token_index(attention_mask)]
+    return head(last).squeeze(-1).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Reward sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Episodes:
+    """What a reward source may look at for one rollout (this process's rows only)."""
+
+    prompts: list[list[dict]]          # prompt messages
+    completions: list[str]             # decoded responses, without special tokens
+    columns: dict[str, list[Any]]      # other dataset columns, one value per row
+    query_responses: torch.Tensor | None = None  # policy token ids (B, P+R), for same-tokenizer RMs
+    attention_mask: torch.Tensor | None = None
+
+
+class RewardModelSource:
+    """Scores with an upstream RM artifact.
+
+    When the RM's tokenizer is the policy's (same vocabulary and chat template, the usual case
+    as both come from the SFT model) the policy's own token ids are scored as they are: exact
+    and free of a second tokenisation. Otherwise every prompt + completion is re-rendered with
+    the RM's own chat template and tokenizer.
+    """
+
+    name = "rm"
+
+    def __init__(self, model, tokenizer, *, policy_tokenizer=None, normalize_with: tuple[float, float] | None = None,
+                 batch_size: int | None = None, max_length: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.same_tokenizer = policy_tokenizer is not None and same_tokenizer(tokenizer, policy_tokenizer)
+        self.normalize_with = normalize_with
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @classmethod
+    def from_artifact(cls, artifact, *, policy_tokenizer, device, dtype=None, normalize: bool = False,
+                      batch_size: int | None = None, trust_remote_code: bool = False):
+        from align.modeling import load_artifact_model, load_tokenizer
+
+        ref = artifact.manifest.model
+        if ref is None or ref.task != "sequence-classification":
+            raise AlignError(f"artifact '{artifact.name}' ({artifact.path}) holds no reward model "
+                             "(a sequence-classification model); name an `rm` stage in `from`.")
+        stats = None
+        if normalize:
+            metrics = artifact.manifest.metrics
+            mean, std = metrics.get("score_mean"), metrics.get("score_std")
+            if not _finite_number(mean) or not _finite_number(std) or std <= 0:
+                raise AlignError(f"score_normalization rm_stats needs the RM artifact's held-out "
+                                 f"score statistics, but '{artifact.name}' has score_mean={mean!r}, "
+                                 f"score_std={std!r} in {artifact.path / 'artifact.json'}. Use "
+                                 "score_normalization: running (or none) instead.")
+            stats = (float(mean), float(std))
+        model = load_artifact_model(artifact, task="sequence-classification", dtype=dtype,
+                                    trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(artifact.path / (artifact.manifest.tokenizer or "model"),
+                                   trust_remote_code)
+        model.requires_grad_(False)
+        return cls(model.to(device), tokenizer, policy_tokenizer=policy_tokenizer,
+                   normalize_with=stats, batch_size=batch_size)
+
+    @torch.no_grad()
+    def __call__(self, episodes: Episodes) -> torch.Tensor:
+        if self.same_tokenizer and episodes.query_responses is not None:
+            ids, mask = episodes.query_responses, episodes.attention_mask
+        else:
+            ids, mask = self._retokenize(episodes.prompts, episodes.completions)
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        step = self.batch_size or ids.shape[0]
+        scores = torch.cat([sequence_scores(self.model, ids[i:i + step], mask[i:i + step])
+                            for i in range(0, ids.shape[0], step)])
+        if self.normalize_with is not None:
+            mean, std = self.normalize_with
+            scores = (scores - mean) / std
+        return scores.double().cpu()
+
+    def _retokenize(self, prompts, completions):
+        tok = self.tokenizer
+        texts = []
+        for prompt, completion in zip(prompts, completions):
+            messages = [*prompt, {"role": "assistant", "content": completion}]
+            if tok.chat_template:
+                texts.append(tok.apply_chat_template(messages, tokenize=False))
+            else:
+                texts.append("\n".join(m["content"] for m in messages))
+        side = tok.padding_side
+        tok.padding_side = "right"
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not tok.chat_template,
+                      truncation=self.max_length is not None, max_length=self.max_length)
+        finally:
+            tok.padding_side = side
+        return enc["input_ids"], enc["attention_mask"]
+
+
+def same_tokenizer(a, b) -> bool:
+    return (a.get_vocab() == b.get_vocab() and (a.chat_template or "") == (b.chat_template or "")
+            and a.all_special_tokens == b.all_special_tokens)
+
+
+class CallableSource:
+    """A user function `fn(prompts, completions, **columns) -> list[float]`.
+
+    `prompts` are the prompt message lists, `completions` the decoded completions (strings),
+    and every other column of the stage's data comes as a keyword argument holding one value
+    per row, so a verifiable reward can compare against e.g. `answers`. None means "no score"
+    and, like nan, leaves the row out of training.
+    """
+
+    def __init__(self, spec: str, fn: Callable | None = None):
+        self.name = spec
+        self.fn = fn or import_callable(spec)
+
+    def __call__(self, episodes: Episodes) -> torch.Tensor:
+        out = self.fn(episodes.prompts, episodes.completions, **episodes.columns)
+        if isinstance(out, torch.Tensor):
+            out = out.detach().reshape(-1).tolist()
+        try:
+            values = [math.nan if v is None else float(v) for v in out]
+        except (TypeError, ValueError) as exc:
+            raise AlignError(f"reward function '{self.name}' must return a list of numbers (or None); "
+                             f"got {type(out).__name__}: {exc}") from None
+        if len(values) != len(episodes.completions):
+            raise AlignError(f"reward function '{self.name}' returned {len(values)} scores for "
+                             f"{len(episodes.completions)} completions; it must return one per completion.")
+        return torch.tensor(values, dtype=torch.float64)
+
+
+def import_callable(spec: str) -> Callable:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise AlignError(f"reward source '{spec}' is not of the form module:function.")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any error while importing user code is the user's to fix
+        raise AlignError(f"reward source '{spec}': cannot import module '{module_name}': "
+                         f"{type(exc).__name__}: {exc}. It must be importable in the training "
+                         "process (installed, or on PYTHONPATH).") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise AlignError(f"reward source '{spec}': module '{module_name}' has no attribute '{attr}'.")
+    if not callable(fn):
+        raise AlignError(f"reward source '{spec}': '{attr}' is a {type(fn).__name__}, not a function.")
+    return fn
+
+
+@dataclass
+class ScoreBatch:
+    """A rollout's scores: the weighted total, each source's part, and which rows are usable."""
+
+    total: torch.Tensor                 # (B,) float64, 0 where not finite
+    parts: dict[str, torch.Tensor]      # source name -> (B,) raw values
+    finite: torch.Tensor                # (B,) bool
+    bad_rows: list[int] = field(default_factory=list)
+
+
+class WeightedReward:
+    """The score of a rollout: sum of weight * source score over the configured sources."""
+
+    def __init__(self, sources: Sequence[tuple[Callable[[Episodes], torch.Tensor], float]]):
+        if not sources:
+            raise AlignError("PPO needs at least one reward source.")
+        self.sources = list(sources)
+
+    def __call__(self, episodes: Episodes) -> ScoreBatch:
+        n = len(episodes.completions)
+        total = torch.zeros(n, dtype=torch.float64)
+        parts = {}
+        for source, weight in self.sources:
+            values = source(episodes).to(torch.float64).reshape(-1)
+            if values.numel() != n:
+                raise AlignError(f"reward source '{source.name}' gave {values.numel()} scores for {n} rows.")
+            parts[_unique(source.name, parts)] = values
+            total = total + weight * values
+        finite = torch.isfinite(total)
+        total = torch.where(finite, total, torch.zeros_like(total))
+        bad = torch.nonzero(~finite).flatten().tolist()
+        return ScoreBatch(total=total, parts=parts, finite=finite, bad_rows=bad)
+
+
+def _unique(name: str, taken: dict) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name}#{i}", i + 1
+    return out
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def build_reward(config, *, rm_source: RewardModelSource | None = None) -> WeightedReward:
+    """The configured weighted sum; `rm` entries use `rm_source` (the stage loads it)."""
+    sources = []
+    for i, item in enumerate(config.rewards):
+        spec, weight = item["source"], float(item.get("weight", 1.0))
+        if spec == "rm":
+            if rm_source is None:
+                raise AlignError(f"rewards.{i}: source 'rm' needs a reward model: list an `rm` stage "
+                                 "in this stage's `from`, or use a module:function reward.")
+            sources.append((rm_source, weight))
+        else:
+            sources.append((CallableSource(spec), weight))
+    return WeightedReward(sources)
+
+
+# --------------------------------------------------------------------------------------------
+# Shaping the score
+# --------------------------------------------------------------------------------------------
+
+
+class ScoreShaper:
+    """Raw score -> the score added to the last token's reward.
+
+    `running` normalisation folds each rollout (all processes, finite rows only) into running
+    moments before normalising, so the first rollout is normalised by its own statistics and
+    later ones by everything seen so far.
+    """
+
+    def __init__(self, normalization: str = "none", clip: float | None = None,
+                 missing_eos_penalty: float | None = None, eps: float = 1e-8):
+        if normalization not in ("none", "running", "rm_stats"):
+            raise AlignError(f"unknown score_normalization {normalization!r}")
+        self.normalization = normalization
+        self.clip = clip
+        self.missing_eos_penalty = missing_eos_penalty
+        self.eps = eps
+        self.moments = RunningMoments()
+
+    def __call__(self, scores: torch.Tensor, finite: torch.Tensor, has_eos: torch.Tensor) -> torch.Tensor:
+        """Collective under `running` (every process must call it once per rollout)."""
+        scores = scores.to(torch.float64)
+        if self.normalization == "running":
+            self.moments.update(scores[finite.bool()])
+            scores = (scores - self.moments.mean) / (self.moments.std + self.eps)
+        if self.clip is not None:
+            scores = scores.clamp(-self.clip, self.clip)
+        if self.missing_eos_penalty is not None:
+            scores = torch.where(has_eos.bool(), scores, scores - self.missing_eos_penalty)
+        return torch.where(finite.bool(), scores, torch.zeros_like(scores))
+
+    def state_dict(self) -> dict:
+        return {"moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.moments.load_state_dict(state["moments"])

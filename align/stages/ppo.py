@@ -1,0 +1,227 @@
+"""Stage `ppo`: the project's own PPO (align.ppo) from an SFT model against reward sources.
+
+`from:` names the SFT stage (the policy starts from it, and it is the reference) and optionally
+an `rm` stage (reward source `rm`, the value model's starting point, `rm_stats`). Prompts come
+from the stage's data, as prompt-only, SFT or preference rows; their other columns reach reward
+callables. With lora/qlora the reference is the policy with its adapter disabled and the value
+model gets its own adapter; with full/freeze the reference is a frozen copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+from align.artifacts import ModelRef
+from align.errors import AlignError
+from align.stages.context import StageContext
+
+STATS_FILE = "stats.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+
+
+def run(ctx: StageContext):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from align.modeling import count_trainable
+    from align.ppo.config import PPOConfig
+    from align.ppo.rewards import RewardModelSource, build_reward
+    from align.ppo.trainer import PPOTrainer
+
+    where = f"stages.{ctx.name}.args"
+    config = PPOConfig.from_args(ctx.stage.args, where, ctx.recipe.source)
+    seed = config.seed if config.seed is not None else ctx.recipe.seed
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    set_seed(seed)
+
+    rm_artifact = ctx.input_of_kind("rm")
+    if ctx.model_input() is None:
+        raise AlignError(f"stage '{ctx.name}': `from` must name the stage whose policy PPO starts from "
+                         "(an sft stage).")
+    value_start = config.value_model or ("rm" if rm_artifact is not None else "policy")
+    if (config.uses_rm or value_start == "rm") and rm_artifact is None:
+        raise AlignError(f"stage '{ctx.name}': {'reward source rm' if config.uses_rm else 'value_model: rm'} "
+                         "needs a reward model: add the rm stage to `from`, or use a module:function "
+                         "reward and value_model: policy.")
+
+    tokenizer = ctx.load_tokenizer()
+    prompts = prompt_rows(ctx)
+    policy, reference = load_policy(ctx)
+    value_model = load_value_model(ctx, value_start, rm_artifact)
+
+    rm_source = None
+    if config.uses_rm:
+        rm_source = RewardModelSource.from_artifact(
+            rm_artifact, policy_tokenizer=tokenizer, device=accelerator.device,
+            dtype=_dtype(ctx), normalize=config.score_normalization == "rm_stats",
+            batch_size=config.rollout_forward_batch_size,
+            trust_remote_code=ctx.recipe.model.trust_remote_code)
+    try:
+        reward = build_reward(config, rm_source=rm_source)
+    except AlignError as exc:
+        raise AlignError(f"{where}: {exc}") from None
+
+    trainer = PPOTrainer(config, policy=policy, value_model=value_model, tokenizer=tokenizer, reward=reward,
+                         prompts=prompts, ref_policy=reference, output_dir=ctx.dirs.partial,
+                         accelerator=accelerator, seed=seed, log_prefix=f"[{ctx.name}] ")
+    trainable, total = count_trainable(trainer.unwrapped.policy)
+    ctx.log(f"{ctx.stage.method.type}: {trainable:,} of {total:,} policy parameters train; value model from "
+            f"{value_start}; {len(prompts)} prompts, {trainer.total_steps} steps of "
+            f"{trainer.episodes_per_step} episodes; rewards: "
+            + ", ".join(f"{r['source']} x{r.get('weight', 1.0)}" for r in config.rewards))
+    history = trainer.train(resume_from=ctx.resume_checkpoint())
+
+    out = ctx.dirs.partial / "model"
+    if ctx.is_main:
+        trainer.unwrapped.policy.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+    metrics = summarise(history)
+    metrics.update(trainable_parameters=trainable, total_parameters=total, prompts=len(prompts),
+                   value_model=value_start)
+    ctx.log("score by quarter: " + " -> ".join(f"{s:.3f}" for s in metrics["score_by_quarter"])
+            + f" | kl last {metrics['kl_last']:.4f} | eos rate last {metrics['eos_rate_last']:.2f}")
+    method = ctx.stage.method.type
+    adapter = method in ("lora", "qlora")
+    ref = ModelRef(type="adapter" if adapter else "full", path="model",
+                   base=ctx.adapter_base() if adapter else None, root=ctx.root_model(), method=method)
+    return ctx.finish(model=ref, tokenizer="model", metrics=metrics,
+                      files={"stats": STATS_FILE, "samples": SAMPLES_FILE})
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def prompt_rows(ctx: StageContext) -> list[dict]:
+    """Prompts (as messages) with every other column of their source row kept alongside, so a
+    verifiable reward can see e.g. the gold answers. Rows convert one to one for prompt_only,
+    so the dropped row numbers are enough to line converted and original rows up."""
+    from align.data.formats import convert_rows
+    from align.data.sources import load_rows, mix
+
+    spec = ctx.stage.data
+    parts = []
+    for (name, rows), src in zip(load_rows(spec.train, ctx.read_source, ctx.recipe.seed), spec.train):
+        result = convert_rows(rows, source=name, target="prompt_only", fmt=src.format,
+                              label_column=src.label_column, on_error=spec.on_error)
+        dropped = {problem.row for problem in result.dropped}
+        if dropped:
+            ctx.dropped_rows[name] = len(dropped)
+            ctx.log(f"dropped {len(dropped)} malformed rows of {name} (first: {result.dropped[0]})")
+        kept = [row for number, row in enumerate(rows, start=1) if number not in dropped]
+        if len(kept) != len(result.rows):  # a format that is not one-to-one: no columns to keep
+            parts.append(result.rows)
+            continue
+        parts.append([{**{k: v for k, v in original.items() if k != "prompt"}, "prompt": converted["prompt"]}
+                      for converted, original in zip(result.rows, kept)])
+    rows = mix(parts, ctx.recipe.seed)
+    if not rows:
+        raise AlignError(f"stage '{ctx.name}' has no prompts.")
+    columns = set(rows[0])
+    if any(set(r) != columns for r in rows):  # mixed sources: only the columns all rows share
+        shared = set.intersection(*(set(r) for r in rows))
+        rows = [{k: r[k] for k in shared} for r in rows]
+    return rows
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def _dtype(ctx: StageContext):
+    from align.modeling import torch_dtype
+
+    return torch_dtype(ctx.recipe.model.dtype)
+
+
+def load_policy(ctx: StageContext):
+    """(policy, reference): a reference copy for full/freeze; None (adapter disabled) for LoRA."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from align.modeling import freeze_bottom_layers, peft_config
+
+    method = ctx.stage.method
+    quantized = method.type == "qlora"
+    policy = ctx.load_start_model(quantized=quantized)
+    if method.type in ("lora", "qlora"):
+        if quantized:
+            policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=False)
+        return get_peft_model(policy, peft_config(method)), None
+    reference = ctx.load_start_model()
+    if method.type == "freeze":
+        freeze_bottom_layers(policy, method.trainable_layers)
+    return policy, reference
+
+
+def load_value_model(ctx: StageContext, start: str, rm_artifact):
+    """A scalar-head model from the RM (its head included) or from the SFT weights (a new head,
+    zeroed so the first values are 0 instead of noise); LoRA-tuned when the policy is."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from align.modeling import (load_artifact_model, load_full, peft_config,
+                                quantization_config)
+    from align.ppo.rewards import classifier_parts
+
+    method = ctx.stage.method
+    quantized = method.type == "qlora"
+    task = "sequence-classification"
+    common = dict(task=task, trust_remote_code=ctx.recipe.model.trust_remote_code)
+    if start == "policy":
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "score.weight newly initialised" is the point here
+        try:
+            model = ctx.load_start_model(task=task, quantized=quantized)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        _, head = classifier_parts(model)
+        head.weight.data.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.data.zero_()
+    elif quantized:
+        source = rm_artifact.model_path()
+        if rm_artifact.manifest.model.type != "full":
+            source = ctx.dirs.partial / "value_base"
+            if not (source / "config.json").exists() and ctx.is_main:
+                load_artifact_model(rm_artifact, dtype=_dtype(ctx), **common).save_pretrained(source)
+            ctx.state.wait_for_everyone()
+        q = quantization_config(method)
+        model = load_full(source, dtype=q.bnb_4bit_compute_dtype, quantization=q, **common)
+    else:
+        model = load_artifact_model(rm_artifact, dtype=_dtype(ctx), **common)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = ctx.load_tokenizer().pad_token_id
+    if method.type in ("lora", "qlora"):
+        if quantized:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return get_peft_model(model, peft_config(method, task=task))
+    return model
+
+
+# -- summary ---------------------------------------------------------------------------------------
+
+
+def summarise(history: list[dict]) -> dict:
+    """First/last quarter means of the raw score (the numbers a reader compares), KL and more."""
+    if not history:
+        return {"steps": 0}
+    quarter = max(1, len(history) // 4)
+
+    def mean(key, rows):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return sum(values) / len(values) if values else float("nan")
+
+    n = len(history)
+    bounds = [round(i * n / 4) for i in range(5)]
+    by_quarter = [mean("score_raw", history[a:b] or history[a:a + 1]) for a, b in zip(bounds, bounds[1:])]
+    first, last = history[:quarter], history[-quarter:]
+    return {
+        "steps": history[-1]["step"], "episodes": history[-1]["episodes"],
+        "mean_score_first": mean("score_raw", first), "mean_score_last": mean("score_raw", last),
+        "shaped_score_first": mean("score", first), "shaped_score_last": mean("score", last),
+        "score_by_quarter": by_quarter,
+        "kl_last": mean("kl", last), "kl_max": max(r["kl"] for r in history),
+        "entropy_last": mean("entropy", last), "response_length_last": mean("response_length", last),
+        "eos_rate_last": mean("eos_rate", last), "kl_coef_last": history[-1]["kl_coef"],
+        "non_finite_rows": sum(r.get("non_finite", 0) for r in history),
+        "episodes_per_s": mean("episodes_per_s", history),
+    }
