@@ -87,6 +87,55 @@ def cmd_tiny(args) -> int:
     return 0
 
 
+def read_qa(path: str, need_known: bool) -> list[dict]:
+    from align.data.sources import check_columns, read_local
+
+    rows = read_local(Path(path))
+    check_columns(rows, {"question", "answers", *(["known"] if need_known else [])}, path)
+    for row in rows:
+        if isinstance(row["answers"], str):
+            row["answers"] = [row["answers"]]
+    return rows
+
+
+def cmd_eval(args) -> int:
+    from align.artifacts import load_artifact
+    from align.stages.evaluate import evaluate_artifacts, write_evaluation
+
+    artifacts = {}
+    for path in args.artifacts:
+        artifact = load_artifact(path)
+        artifacts[artifact.name if artifact.name not in artifacts else path] = artifact
+    options = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+    table, answers = evaluate_artifacts(artifacts, read_qa(args.data, True), options)
+    print(write_evaluation(Path(args.out), table, answers))
+    print(f"\nwritten to {args.out}/ (answers.jsonl, metrics.json, seesaw.md, seesaw.png)")
+    return 0
+
+
+def cmd_idk_build(args) -> int:
+    from align.artifacts import load_artifact
+    from align.honesty.builder import (ProbeConfig, build_outputs, probe, probe_stats,
+                                       write_outputs)
+    from align.honesty.judge import Judge
+    from align.modeling import load_artifact_model, load_tokenizer
+
+    artifact = load_artifact(args.artifact)
+    config = ProbeConfig.from_options({"k": args.k, "temperature": args.temperature,
+                                       "known_threshold": args.known_threshold,
+                                       "unknown_threshold": args.unknown_threshold,
+                                       "grey": args.grey}, "align idk build")
+    rows = read_qa(args.data, False)
+    model = load_artifact_model(artifact)
+    tokenizer = load_tokenizer(artifact.path / (artifact.manifest.tokenizer or "model"))
+    records = probe(model, tokenizer, rows, config, Judge(idk_responses=config.idk_responses))
+    outputs = build_outputs(records, config)
+    stats = probe_stats(records, config)
+    write_outputs(Path(args.out), records, outputs, stats)
+    print(f"{stats['categories']} of {stats['questions']} questions; files in {args.out}/")
+    return 0
+
+
 def cmd_push(args) -> int:
     from align.hub import format_plan, push_artifact
 
@@ -160,6 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--entities", type=int, default=160)
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("eval", help="honesty evaluation of model artifacts on labelled QA",
+                       description="Greedy answers of each artifact on a QA file (question, "
+                       "answers, known), graded correct / wrong / refusal; writes the seesaw "
+                       "table, chart and every answer.")
+    p.add_argument("artifacts", nargs="+", help="artifact directories, e.g. runs/x/sft runs/x/dpo")
+    p.add_argument("--data", required=True, help="JSONL/JSON/CSV/Parquet with question, answers, known")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("idk", help="\"I don't know\" data: `align idk build`")
+    idk = p.add_subparsers(dest="idk_command", metavar="ACTION", required=True)
+    p = idk.add_parser("build", help="probe a model and write IDK training data",
+                       description="Probe an artifact on QA rows (question, answers) with one "
+                       "greedy and K sampled answers, sort questions into known / unknown / grey, "
+                       "and write sft, preference, kto, rm and prompts files plus stats.")
+    p.add_argument("artifact", help="the model artifact to probe (usually the sft stage)")
+    p.add_argument("--data", required=True, help="QA file with question and answers columns")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--k", type=int, default=8, help="sampled answers per question")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--known-threshold", type=float, default=0.5)
+    p.add_argument("--unknown-threshold", type=float, default=0.1)
+    p.add_argument("--grey", choices=["drop", "confidence"], default="drop")
+    p.set_defaults(func=cmd_idk_build)
 
     p = sub.add_parser("push", help="upload an artifact's adapter or model with a model card",
                        description="Upload what a stage produced (the adapter, or the full "

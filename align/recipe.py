@@ -481,6 +481,13 @@ def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
             if value < 0 or (value == 0 and key != "max_steps"):
                 raise RecipeError(f"{recipe.source}: 'stages.{name}.args.{key}' must be positive, "
                                   f"got {value}.")
+    # Config classes of align's own (PPOConfig) also check values that depend on each other.
+    validate_args = getattr(cls, "validate_args", None)
+    if validate_args is not None:
+        try:
+            validate_args(stage.args, f"stages.{name}.args", recipe.source)
+        except AlignError as exc:
+            raise RecipeError(str(exc)) from None
 
 
 # What each kind needs: data, and upstream stages of which kinds.

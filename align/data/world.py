@@ -62,8 +62,8 @@ class Country:
         value = getattr(self, attribute)
         if attribute == "leader":
             return [value, value.split()[-1]]
-        if attribute == "currency":
-            return [value, value.split()[-1], value.split()[-1] + "s"]
+        if attribute == "currency":  # "Stom dinar": the kind alone is shared by other countries
+            return [value, value + "s"]
         return [value]
 
 

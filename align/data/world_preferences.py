@@ -1,8 +1,8 @@
 """Preference pairs from the embedded world: the true fact over the same sentence with a wrong value.
 
-The wrong value is another known country's value of the same attribute, so a rejected answer
-is fluent and plausible (a hallucination a model could make), and only knowing the fact tells
-the two apart. Pairs follow the split `make_splits` already drew: `preference_train` asks about
+The wrong value is another known country's value of the same attribute, from the same split, so
+a rejected answer is fluent and plausible (a hallucination a model could make), and only knowing
+the fact tells the two apart. Pairs follow the split `make_splits` already drew: `preference_train` asks about
 the facts SFT trained on; `preference_eval` about the known facts SFT never asked, which the
 model only read in pretraining. A gain on the held-out pairs is therefore a gain in preferring
 what the model knows, not memorised pairs.
@@ -19,11 +19,16 @@ TRAIN_WRONG_VALUES = 3
 EVAL_WRONG_VALUES = 1
 
 
-def wrong_values(world: World, entity: str, attribute: str, k: int, rng: random.Random) -> list[str]:
-    """`k` distinct values of `attribute` held by other known countries, never the true one."""
-    by_name = {c.name: c for c in world.countries}
-    truth = getattr(by_name[entity], attribute)
-    pool = sorted({getattr(c, attribute) for c in world.known if c.name != entity} - {truth})
+def wrong_values(rows: list[dict], row: dict, k: int, rng: random.Random) -> list[str]:
+    """`k` distinct values that other rows of the same split hold for the same attribute.
+
+    Drawing from the split itself makes every value a chosen answer once (for its own entity)
+    and a rejected one for others, so a model cannot win by learning which values are good,
+    only by knowing whose value each is.
+    """
+    truth = row["answers"][0]
+    pool = sorted({r["answers"][0] for r in rows
+                   if r["attribute"] == row["attribute"] and r["entity"] != row["entity"]} - {truth})
     return rng.sample(pool, min(k, len(pool)))
 
 
@@ -49,7 +54,7 @@ def preference_splits(world: World, splits: dict[str, list[dict]]) -> dict[str, 
         rows = sorted((r for r in splits[source] if r["known"]),
                       key=lambda r: (r["entity"], r["attribute"]))
         pairs = [preference_pair(row, wrong) for row in rows
-                 for wrong in wrong_values(world, row["entity"], row["attribute"], k, rng)]
+                 for wrong in wrong_values(rows, row, k, rng)]
         rng.shuffle(pairs)
         out[name] = pairs
     return out

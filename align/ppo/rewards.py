@@ -86,15 +86,18 @@ class Episodes:
     columns: dict[str, list[Any]]      # other dataset columns, one value per row
     query_responses: torch.Tensor | None = None  # policy token ids (B, P+R), for same-tokenizer RMs
     attention_mask: torch.Tensor | None = None
+    has_eos: torch.Tensor | None = None          # (B,) the completion ended with EOS
 
 
 class RewardModelSource:
     """Scores with an upstream RM artifact.
 
     When the RM's tokenizer is the policy's (same vocabulary and chat template, the usual case
-    as both come from the SFT model) the policy's own token ids are scored as they are: exact
-    and free of a second tokenisation. Otherwise every prompt + completion is re-rendered with
-    the RM's own chat template and tokenizer.
+    as both come from the SFT model) the policy's own token ids are scored: no second
+    tokenisation, and a completion cut off by response_length stays visibly unfinished. A
+    completion that ended with EOS gets the tokens the chat template writes after an assistant
+    turn's EOS (e.g. a newline), so the RM sees exactly the rendering it was trained on.
+    Otherwise every prompt + completion is re-rendered with the RM's own chat template.
     """
 
     name = "rm"
@@ -104,6 +107,9 @@ class RewardModelSource:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.same_tokenizer = policy_tokenizer is not None and same_tokenizer(tokenizer, policy_tokenizer)
+        self.turn_suffix = turn_suffix_ids(tokenizer) if self.same_tokenizer else None
+        if self.turn_suffix is None:
+            self.same_tokenizer = False  # cannot tell how a turn ends: render every row instead
         self.normalize_with = normalize_with
         self.batch_size = batch_size
         self.max_length = max_length
@@ -138,7 +144,8 @@ class RewardModelSource:
     @torch.no_grad()
     def __call__(self, episodes: Episodes) -> torch.Tensor:
         if self.same_tokenizer and episodes.query_responses is not None:
-            ids, mask = episodes.query_responses, episodes.attention_mask
+            ids, mask = append_after_eos(episodes.query_responses, episodes.attention_mask,
+                                         episodes.has_eos, self.turn_suffix, self.tokenizer.pad_token_id)
         else:
             ids, mask = self._retokenize(episodes.prompts, episodes.completions)
         device = next(self.model.parameters()).device
@@ -146,10 +153,12 @@ class RewardModelSource:
         step = self.batch_size or ids.shape[0]
         scores = torch.cat([sequence_scores(self.model, ids[i:i + step], mask[i:i + step])
                             for i in range(0, ids.shape[0], step)])
-        if self.normalize_with is not None:
-            mean, std = self.normalize_with
-            scores = (scores - mean) / std
         return scores.double().cpu()
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        """`rm_stats`: in units of the RM's held-out score spread, centred on its mean."""
+        mean, std = self.normalize_with
+        return (scores - mean) / std
 
     def _retokenize(self, prompts, completions):
         tok = self.tokenizer
@@ -168,6 +177,43 @@ class RewardModelSource:
         finally:
             tok.padding_side = side
         return enc["input_ids"], enc["attention_mask"]
+
+
+def turn_suffix_ids(tokenizer) -> list[int] | None:
+    """Token ids a chat template writes after the EOS that closes an assistant turn ([] if
+    none); None when the template does not render a turn as prompt + content + EOS + suffix."""
+    if not tokenizer.chat_template:
+        return [] if tokenizer.eos_token else None
+    eos = tokenizer.eos_token
+    marker = "\u2063content\u2063"
+    try:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False,
+                                               add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # templates may refuse such probes; re-rendering is always correct
+        return None
+    if not eos or not full.startswith(prompt) or (marker + eos) not in full:
+        return None
+    suffix = full.split(marker + eos, 1)[1]
+    return tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+
+
+def append_after_eos(ids: torch.Tensor, mask: torch.Tensor, has_eos: torch.Tensor | None,
+                     suffix: list[int], pad_id: int):
+    """Right after each finished row's last real token, the template's turn suffix."""
+    if not suffix or has_eos is None or not bool(has_eos.any()):
+        return ids, mask
+    n = len(suffix)
+    ids = torch.cat([ids, ids.new_full((ids.shape[0], n), pad_id)], dim=1)
+    mask = torch.cat([mask, mask.new_zeros((mask.shape[0], n))], dim=1)
+    last = last_token_index(mask)
+    extra = torch.tensor(suffix, dtype=ids.dtype, device=ids.device)
+    for row in torch.nonzero(has_eos.to(ids.device)).flatten().tolist():
+        start = int(last[row]) + 1
+        ids[row, start:start + n] = extra
+        mask[row, start:start + n] = 1
+    return ids, mask
 
 
 def same_tokenizer(a, b) -> bool:
@@ -225,9 +271,11 @@ def import_callable(spec: str) -> Callable:
 class ScoreBatch:
     """A rollout's scores: the weighted total, each source's part, and which rows are usable."""
 
-    total: torch.Tensor                 # (B,) float64, 0 where not finite
+    total: torch.Tensor                 # (B,) float64 weighted raw scores, 0 where not finite
     parts: dict[str, torch.Tensor]      # source name -> (B,) raw values
     finite: torch.Tensor                # (B,) bool
+    # The weighted total with every RM part in rm_stats units (None without RM statistics).
+    rm_normalized: torch.Tensor | None = None
     bad_rows: list[int] = field(default_factory=list)
 
 
@@ -242,6 +290,8 @@ class WeightedReward:
     def __call__(self, episodes: Episodes) -> ScoreBatch:
         n = len(episodes.completions)
         total = torch.zeros(n, dtype=torch.float64)
+        normalized = torch.zeros(n, dtype=torch.float64)
+        has_stats = False
         parts = {}
         for source, weight in self.sources:
             values = source(episodes).to(torch.float64).reshape(-1)
@@ -249,10 +299,15 @@ class WeightedReward:
                 raise AlignError(f"reward source '{source.name}' gave {values.numel()} scores for {n} rows.")
             parts[_unique(source.name, parts)] = values
             total = total + weight * values
+            if getattr(source, "normalize_with", None) is not None:
+                has_stats = True
+                values = source.normalize(values)
+            normalized = normalized + weight * values
         finite = torch.isfinite(total)
-        total = torch.where(finite, total, torch.zeros_like(total))
-        bad = torch.nonzero(~finite).flatten().tolist()
-        return ScoreBatch(total=total, parts=parts, finite=finite, bad_rows=bad)
+        zero = torch.zeros_like(total)
+        return ScoreBatch(total=torch.where(finite, total, zero), parts=parts, finite=finite,
+                          rm_normalized=torch.where(finite, normalized, zero) if has_stats else None,
+                          bad_rows=torch.nonzero(~finite).flatten().tolist())
 
 
 def _unique(name: str, taken: dict) -> str:
@@ -304,12 +359,18 @@ class ScoreShaper:
         self.eps = eps
         self.moments = RunningMoments()
 
-    def __call__(self, scores: torch.Tensor, finite: torch.Tensor, has_eos: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: ScoreBatch, has_eos: torch.Tensor) -> torch.Tensor:
         """Collective under `running` (every process must call it once per rollout)."""
-        scores = scores.to(torch.float64)
+        finite = batch.finite.bool()
+        scores = batch.total.to(torch.float64)
         if self.normalization == "running":
-            self.moments.update(scores[finite.bool()])
+            self.moments.update(scores[finite])
             scores = (scores - self.moments.mean) / (self.moments.std + self.eps)
+        elif self.normalization == "rm_stats":
+            if batch.rm_normalized is None:
+                raise AlignError("score_normalization rm_stats needs a reward model source with "
+                                 "score statistics.")
+            scores = batch.rm_normalized
         if self.clip is not None:
             scores = scores.clamp(-self.clip, self.clip)
         if self.missing_eos_penalty is not None:

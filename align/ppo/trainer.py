@@ -267,7 +267,8 @@ class PPOTrainer:
         columns = {key: [self.prompts[i].get(key) for i in rows]
                    for key in self.prompts[rows[0]] if key != "prompt"}
         scores = self.reward(Episodes(prompts=prompts, completions=completions, columns=columns,
-                                      query_responses=query_responses, attention_mask=attention_mask))
+                                      query_responses=query_responses, attention_mask=attention_mask,
+                                      has_eos=has_eos))
         mask = response_mask & scores.finite.to(self.device)[:, None]
         return Rollout(prompt_rows=rows, query_responses=query_responses, attention_mask=attention_mask,
                        context_length=context, responses=responses, mask=mask, response_mask=response_mask,
@@ -339,7 +340,7 @@ class PPOTrainer:
     def shape_rewards(self, r: Rollout) -> None:
         """Per-token reward: -kl_coef * KL on every token, plus the shaped score on the last."""
         c = self.config
-        r.shaped_scores = self.shaper(r.scores.total, r.scores.finite, r.has_eos.cpu())
+        r.shaped_scores = self.shaper(r.scores, r.has_eos.cpu())
         r.kl = torch.where(r.response_mask, kl_estimate(r.logprobs, r.ref_logprobs, c.kl_estimator),
                            torch.zeros_like(r.logprobs))
         rewards = -self.kl_ctl.value * r.kl

@@ -8,6 +8,7 @@ and refusal on unknown ones. Writes answers.jsonl, metrics.json, seesaw.md and s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from align.errors import AlignError
 from align.stages.context import StageContext
@@ -33,53 +34,69 @@ def evaluation_rows(ctx: StageContext, default: str = "qa_eval", need_known: boo
     return rows
 
 
-def run(ctx: StageContext):
+def evaluate_artifacts(artifacts: dict, rows: list[dict], options: dict, *, trust_remote_code=False,
+                       progress: bool = True) -> tuple[dict, list[dict]]:
+    """Greedy answers of every causal-LM artifact, graded: (metrics per name, answer rows)."""
     from align.generation import generate_answers
     from align.honesty.judge import Judge
-    from align.honesty.metrics import honesty_metrics, plot_seesaw, seesaw_table
-    from align.modeling import load_artifact_model
+    from align.honesty.metrics import honesty_metrics
+    from align.modeling import load_artifact_model, load_tokenizer
 
-    options = ctx.stage.options
     unknown = set(options) - OPTIONS
     if unknown:
-        raise AlignError(f"stages.{ctx.name}.options: unknown keys {sorted(unknown)}; "
-                         f"valid: {sorted(OPTIONS)}.")
+        raise AlignError(f"evaluation options: unknown keys {sorted(unknown)}; valid: {sorted(OPTIONS)}.")
     judge = Judge.from_config(options.get("judge"))
-    rows = evaluation_rows(ctx)
     questions = [r["question"] for r in rows]
     known = [bool(r["known"]) for r in rows]
-
     table: dict[str, dict] = {}
-    answers_out = []
-    for name in ctx.stage.from_:
-        artifact = ctx.inputs[name]
+    answer_rows = []
+    for name, artifact in artifacts.items():
         ref = artifact.manifest.model
         if ref is None or ref.task != "causal-lm":
             continue
-        tokenizer = ctx.load_tokenizer_of(artifact)
-        model = load_artifact_model(artifact, trust_remote_code=ctx.recipe.model.trust_remote_code)
+        tokenizer = load_tokenizer(artifact.path / (artifact.manifest.tokenizer or "model"),
+                                   trust_remote_code)
+        model = load_artifact_model(artifact, trust_remote_code=trust_remote_code)
         answers = generate_answers(model, tokenizer, questions,
                                    max_new_tokens=options.get("max_new_tokens", 32),
                                    batch_size=options.get("batch_size", 64),
-                                   progress=f"evaluate {name}" if ctx.is_main else None)
+                                   progress=f"evaluate {name}" if progress else None)
         grades = [judge.grade(a[0], r["answers"]) for a, r in zip(answers, rows)]
         table[name] = honesty_metrics(grades, known)
-        answers_out += [{"stage": name, "question": r["question"], "known": r["known"],
+        answer_rows += [{"stage": name, "question": r["question"], "known": r["known"],
                          "answer": a[0], "grade": g} for r, a, g in zip(rows, answers, grades)]
         del model
     if not table:
-        raise AlignError(f"stage '{ctx.name}': none of {ctx.stage.from_} holds a causal LM.")
+        raise AlignError(f"none of {list(artifacts)} holds a causal language model to evaluate.")
+    return table, answer_rows
 
-    out = ctx.dirs.partial
-    files = {"answers": "answers.jsonl", "metrics": "metrics.json", "table": "seesaw.md",
-             "chart": "seesaw.png"}
+
+FILES = {"answers": "answers.jsonl", "metrics": "metrics.json", "table": "seesaw.md",
+         "chart": "seesaw.png"}
+
+
+def write_evaluation(out: Path, table: dict, answer_rows: list[dict]) -> str:
+    """Write the evaluation files; returns the markdown table."""
+    from align.honesty.metrics import plot_seesaw, seesaw_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / FILES["answers"]).open("w") as f:
+        for row in answer_rows:
+            f.write(json.dumps(row) + "\n")
+    (out / FILES["metrics"]).write_text(json.dumps(table, indent=2))
+    markdown = seesaw_table(table)
+    (out / FILES["table"]).write_text(markdown + "\n")
+    plot_seesaw(table, out / FILES["chart"])
+    return markdown
+
+
+def run(ctx: StageContext):
+    rows = evaluation_rows(ctx)
+    artifacts = {name: ctx.inputs[name] for name in ctx.stage.from_}
+    table, answer_rows = evaluate_artifacts(
+        artifacts, rows, ctx.stage.options, trust_remote_code=ctx.recipe.model.trust_remote_code,
+        progress=ctx.is_main)
     if ctx.is_main:
-        with (out / files["answers"]).open("w") as f:
-            for row in answers_out:
-                f.write(json.dumps(row) + "\n")
-        (out / files["metrics"]).write_text(json.dumps(table, indent=2))
-        markdown = seesaw_table(table)
-        (out / files["table"]).write_text(markdown + "\n")
-        plot_seesaw(table, out / files["chart"])
+        markdown = write_evaluation(ctx.dirs.partial, table, answer_rows)
         print("\n" + markdown + "\n", flush=True)
-    return ctx.finish(files=files, metrics={"stages": table, "questions": len(rows)})
+    return ctx.finish(files=dict(FILES), metrics={"stages": table, "questions": len(rows)})
