@@ -34,3 +34,21 @@ def write_recipe(tmp_path, stages: dict, name: str = "t", **top) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tmp_path_factory) -> str:
+    """The tiny model pretrained on the small world's corpus, once per session (full weights).
+
+    Tests that fine-tune point `model.name_or_path` at it, so each of them starts from a model
+    that knows the world's language, as a real base model would.
+    """
+    from align.runner import run_recipe
+
+    tmp = tmp_path_factory.mktemp("pretrained")
+    stages = {"pretrain": {"kind": "pretrain", "data": "world:corpus", "args": {
+        "num_train_epochs": 30, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
+        "lr_scheduler_type": "cosine", "save_steps": 10_000, "logging_steps": 20,
+        "disable_tqdm": True}}}
+    artifact = run_recipe(write_recipe(tmp, stages, name="pretrained"))["pretrain"]
+    return str(artifact.model_path())

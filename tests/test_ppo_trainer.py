@@ -33,6 +33,7 @@ BASE_STAGES = {
            "args": {**COMMON, "max_steps": 30, "learning_rate": 1e-3}},
 }
 WORD = "capital"
+SEEN_COLUMNS: set[str] = set()
 
 
 # -- reward functions named in the recipes below (module test_ppo_trainer is importable) ---------
@@ -40,7 +41,7 @@ WORD = "capital"
 def says_word(prompts, completions, **columns):
     """+1 when the completion says WORD: the SFT model does so about a third of the time (for
     capital questions, and sometimes by mistake), so there is signal from the first step."""
-    assert "messages" in columns and len(columns["messages"]) == len(completions)
+    SEEN_COLUMNS.update(k for k, v in columns.items() if len(v) == len(completions))
     return [1.0 if WORD in c else 0.0 for c in completions]
 
 
@@ -109,7 +110,8 @@ def stats_of(artifact) -> list[dict]:
 # -- outcomes -----------------------------------------------------------------------------------
 
 def test_rule_based_reward_raises_the_score(trained):
-    artifact = run_ppo(trained, "ppo_rule", ppo_stage([{"source": "test_ppo_trainer:says_word"}], 20))
+    artifact = run_ppo(trained, "ppo_rule", ppo_stage([{"source": "test_ppo_trainer:says_word"}], 20,
+                                                   learning_rate=3e-4))
     metrics = artifact.manifest.metrics
     history = stats_of(artifact)
     assert [s["step"] for s in history] == list(range(1, 21))
@@ -126,6 +128,7 @@ def test_rule_based_reward_raises_the_score(trained):
                 "value_loss", "explained_variance", "response_length", "eos_rate", "kl_coef"):
         assert key in history[-1], key
     assert artifact.file("samples").read_text().strip()
+    assert "messages" in SEEN_COLUMNS, "the data's other columns did not reach the reward function"
     # The saved policy is a full model that loads and differs from the SFT model.
     _, artifacts = trained
     policy = load_artifact_model(load_artifact(artifact.path))
@@ -235,9 +238,7 @@ def test_resume_continues_at_the_saved_step(trained, monkeypatch, capsys):
 
 
 def test_qlora_policy_trains_an_adapter(trained):
-    from peft import PeftModel
-
-    from align.modeling import load_full
+    from safetensors.torch import load_file
 
     stage = ppo_stage([{"source": "test_ppo_trainer:says_word"}], 2, method="qlora", learning_rate=1e-3,
                       response_length=8, ppo_epochs=1)
@@ -246,10 +247,9 @@ def test_qlora_policy_trains_an_adapter(trained):
     assert manifest.model.type == "adapter" and manifest.model.method == "qlora"
     history = stats_of(artifact)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor([s["kl"] for s in history])))
-    model = PeftModel.from_pretrained(load_full(manifest.model.base if os.path.isabs(manifest.model.base)
-                                                else artifact.path / manifest.model.base),
-                                      str(artifact.model_path()))
-    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    adapter = load_file(str(artifact.model_path() / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k), "the adapter did not train"
+    assert load_artifact_model(load_artifact(artifact.path)) is not None  # merges onto the SFT model
 
 
 # -- configuration -------------------------------------------------------------------------------

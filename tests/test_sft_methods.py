@@ -13,7 +13,7 @@ from align.modeling import load_artifact_model, load_full, load_tokenizer
 from align.runner import run_recipe
 from conftest import write_recipe
 
-LEARNING_RATES = {"full": 3e-3, "freeze": 1e-2, "lora": 3e-2, "qlora": 3e-2, "ptuning": 3e-2,
+LEARNING_RATES = {"full": 1e-3, "freeze": 3e-3, "lora": 1e-2, "qlora": 1e-2, "ptuning": 3e-2,
                   "prefix": 3e-2}
 
 
@@ -27,21 +27,26 @@ def sft_stage(method: str, steps: int = 40) -> dict:
 
 
 def batch_loss(model, tokenizer, rows) -> float:
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    with torch.no_grad():
-        return model(**enc, labels=labels).loss.item()
+    """Mean loss on the assistant tokens, as SFT trains it."""
+    losses = []
+    for row in rows:
+        enc = tokenizer.apply_chat_template(row["messages"], return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids = torch.tensor([enc["input_ids"]])
+        labels = ids.masked_fill(torch.tensor([enc["assistant_masks"]]) == 0, -100)
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, labels=labels).loss.item())
+    return sum(losses) / len(losses)
 
 
 @pytest.mark.parametrize("method", ["full", "freeze", "lora", "qlora", "ptuning", "prefix"])
-def test_method_trains_and_reloads(tmp_path, method):
-    path = write_recipe(tmp_path, {"sft": sft_stage(method)})
+def test_method_trains_and_reloads(tmp_path, method, pretrained_tiny):
+    path = write_recipe(tmp_path, {"sft": sft_stage(method)},
+                        model={"name_or_path": pretrained_tiny})
     artifact = run_recipe(path)["sft"]
     metrics = artifact.manifest.metrics
-    # freeze trains only the top layers of a randomly initialised model (its head is tied to
-    # the frozen embeddings), so it learns slowest; every other method must cut the loss by 20%.
-    ratio = 0.9 if method == "freeze" else 0.8
+    # Prompt learning trains only a few virtual tokens: it moves the loss least in 40 steps.
+    ratio = 0.9 if method in ("ptuning", "prefix") else 0.8
     assert metrics["train_loss_last"] < ratio * metrics["train_loss_first"], metrics
 
     manifest = load_artifact(artifact.path).manifest
@@ -55,25 +60,19 @@ def test_method_trains_and_reloads(tmp_path, method):
     rows = [json.loads(line) for line in open(tmp_path / "run" / "world" / "sft.jsonl")][:16]
     tokenizer = load_tokenizer(artifact.model_path())
     trained = load_artifact_model(artifact)
-    base = load_full(manifest.model.base if adapter else _base_of(tmp_path))
-    assert batch_loss(trained, tokenizer, rows) < batch_loss(base, tokenizer, rows) - 0.5
+    base = load_full(pretrained_tiny)
+    assert batch_loss(trained, tokenizer, rows) < 0.9 * batch_loss(base, tokenizer, rows)
 
     answers = generate_answers(trained, tokenizer, [rows[0]["messages"][0]["content"]],
                                max_new_tokens=12)
     assert answers[0][0].strip(), "the reloaded model generated nothing"
 
 
-def _base_of(tmp_path):
-    from align.recipe import load_recipe
-    from align.modeling import resolve_base
-
-    return resolve_base(load_recipe(tmp_path / "t.yaml"))
-
-
-def test_qlora_adapter_loads_onto_its_base_with_peft(tmp_path):
+def test_qlora_adapter_loads_onto_its_base_with_peft(tmp_path, pretrained_tiny):
     from peft import PeftModel
 
-    path = write_recipe(tmp_path, {"sft": sft_stage("qlora", steps=10)})
+    path = write_recipe(tmp_path, {"sft": sft_stage("qlora", steps=10)},
+                        model={"name_or_path": pretrained_tiny})
     artifact = run_recipe(path)["sft"]
     config = json.loads((artifact.model_path() / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"

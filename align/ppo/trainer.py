@@ -160,7 +160,7 @@ class PPOTrainer:
         params = [p for p in ActorCritic(policy, value_model).parameters() if p.requires_grad]
         if not params:
             raise AlignError("PPO found no trainable parameters in the policy and value model.")
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = _adamw(params, config)
         self.model, self.optimizer = self.accelerator.prepare(ActorCritic(policy, value_model), optimizer)
 
         if config.adaptive_kl:
@@ -619,6 +619,15 @@ class PPOTrainer:
         keep = mask & ~torch.isin(responses, eos)
         return [self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True).strip()
                 for row, m in zip(responses, keep)]
+
+
+def _adamw(params, config: PPOConfig):
+    """The fused AdamW kernel where torch has one for these parameters (several times faster
+    per step than the per-tensor loop), else the plain one."""
+    try:
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def _mean(x: torch.Tensor) -> float:

@@ -1,0 +1,375 @@
+"""Benchmark: align's own PPO against TRL 1.12's `trl.experimental.ppo.PPOTrainer`.
+
+Both train the same tiny policy (pretrain -> sft made by align), against the same reward model
+(align's rm stage), on the same prompts, with the same batch size, minibatch size, response
+length, PPO epochs, learning rate, KL coefficient and clip ranges. Each runs in its own
+subprocess (TRL 1.12 in its own virtualenv, `.bench/trl112`), one after the other, alternating
+for `--repeats` rounds, so a change in machine load hits both alike. Only the training loop is
+timed (model loading is not). The score before and after is measured the same way for both, by
+code in this file: completions sampled from the policy for every prompt, rendered with the chat
+template as the rm stage rendered its training pairs, scored by the reward model.
+
+    .venv/bin/python scripts/bench_ppo.py            # writes benchmarks/ppo.md
+
+Setting up TRL 1.12 (done once; the repo's .gitignore ignores .bench/):
+
+    python3 -m venv .bench/trl112
+    .bench/trl112/bin/pip install torch==2.13.0 "trl==1.12.0" transformers peft accelerate
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRL_PYTHON = ROOT / ".bench" / "trl112" / "bin" / "python"
+WORLD = {"seed": 0, "n_entities": 48}
+
+
+# -- shared by both workers (plain transformers: the TRL venv does not have align) --------------
+
+def load_prompts(path: Path) -> list[list[dict]]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def mean_rm_score(policy, rm, tokenizer, prompts, *, samples: int, max_new_tokens: int,
+                  temperature: float, seed: int) -> float:
+    """Mean RM score of sampled completions, each rendered with the chat template (as the rm
+    stage rendered the pairs its statistics come from) and scored at its last token."""
+    import torch
+
+    torch.manual_seed(seed)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    policy.eval()
+    with torch.no_grad():
+        out = policy.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    conversations = [prompts[i // samples] + [{"role": "assistant", "content": c.strip()}]
+                     for i, c in enumerate(completions)]
+    tokenizer.padding_side = "right"
+    rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        scores = rm(**enc).logits[:, 0]
+    tokenizer.padding_side = side
+    return scores.float().mean().item()
+
+
+def load_models(setup: dict):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(setup["sft"])
+    policy = AutoModelForCausalLM.from_pretrained(setup["sft"])
+    reference = AutoModelForCausalLM.from_pretrained(setup["sft"])
+    value = AutoModelForSequenceClassification.from_pretrained(setup["rm"], num_labels=1)
+    rm = AutoModelForSequenceClassification.from_pretrained(setup["rm"], num_labels=1).eval()
+    return tokenizer, policy, reference, value, rm
+
+
+def worker(which: str, setup: dict, out: Path) -> None:
+    import torch
+
+    torch.set_num_threads(setup["threads"])
+    h = setup["hyper"]
+    tokenizer, policy, reference, value, rm = load_models(setup)
+    prompts = load_prompts(Path(setup["prompts"]))
+    score = dict(samples=2, max_new_tokens=h["response_length"], temperature=h["temperature"], seed=1234)
+    before = mean_rm_score(policy, rm, tokenizer, prompts, **score)
+    run = run_align if which == "align" else run_trl
+    seconds, curve = run(setup, tokenizer, policy, reference, value, rm, prompts)
+    after = mean_rm_score(policy, rm, tokenizer, prompts, **score)
+    versions = {}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate"):
+        from importlib.metadata import version
+
+        versions[name] = version(name)
+    out.write_text(json.dumps({"which": which, "seconds": seconds, "episodes": h["total_episodes"],
+                               "episodes_per_s": h["total_episodes"] / seconds, "score_before": before,
+                               "score_after": after, "train_curve": curve, "versions": versions}))
+
+
+def run_align(setup, tokenizer, policy, reference, value, rm, prompts):
+    from align.ppo.config import PPOConfig
+    from align.ppo.rewards import RewardModelSource, WeightedReward
+    from align.ppo.trainer import PPOTrainer
+
+    h = setup["hyper"]
+    config = PPOConfig(
+        batch_size=h["batch_size"], mini_batch_size=h["mini_batch_size"], ppo_epochs=h["ppo_epochs"],
+        response_length=h["response_length"], temperature=h["temperature"], learning_rate=h["learning_rate"],
+        total_episodes=h["total_episodes"], kl_coef=h["kl_coef"], cliprange=h["cliprange"],
+        cliprange_value=h["cliprange_value"], vf_coef=h["vf_coef"], gamma=1.0, lam=0.95,
+        whiten_rewards=False, whiten_advantages=True, max_grad_norm=None,  # TRL 1.12 does not clip
+        rewards=[{"source": "rm"}], disable_tqdm=True, log_samples=0, save_steps=10**9, seed=h["seed"])
+    reward = WeightedReward([(RewardModelSource(rm, tokenizer, policy_tokenizer=tokenizer), 1.0)])
+    trainer = PPOTrainer(config, policy=policy, value_model=value, tokenizer=tokenizer, reward=reward,
+                         prompts=[{"prompt": p} for p in prompts], ref_policy=reference, seed=h["seed"])
+    start = time.perf_counter()
+    history = trainer.train()
+    seconds = time.perf_counter() - start
+    return seconds, [s["score_raw"] for s in history]
+
+
+def run_trl(setup, tokenizer, policy, reference, value, rm, prompts):
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    h = setup["hyper"]
+    tokenizer.padding_side = "left"
+    rows = [{"input_ids": tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True,
+                                                        return_dict=True)["input_ids"]} for p in prompts]
+    dataset = Dataset.from_list(rows)
+    # TRL 1.12: rollout = per_device_train_batch_size * gradient_accumulation_steps, split into
+    # num_mini_batches minibatches, each one optimizer step when gradient_accumulation_steps=1.
+    args = PPOConfig(
+        output_dir=str(Path(setup["workdir"]) / "trl-out"), per_device_train_batch_size=h["batch_size"],
+        gradient_accumulation_steps=1, num_mini_batches=h["batch_size"] // h["mini_batch_size"],
+        local_rollout_forward_batch_size=h["batch_size"], num_ppo_epochs=h["ppo_epochs"],
+        total_episodes=h["total_episodes"], response_length=h["response_length"], stop_token="eos",
+        temperature=h["temperature"], learning_rate=h["learning_rate"], kl_coef=h["kl_coef"],
+        cliprange=h["cliprange"], cliprange_value=h["cliprange_value"], vf_coef=h["vf_coef"], gamma=1.0,
+        lam=0.95, whiten_rewards=False, num_sample_generations=0, save_strategy="no", report_to="none",
+        logging_steps=1, use_cpu=True, seed=h["seed"], disable_tqdm=True, lr_scheduler_type="linear")
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
+                         reward_model=rm, value_model=value, train_dataset=dataset, eval_dataset=dataset)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    curve = [h_["objective/scores"] for h_ in trainer.state.log_history if "objective/scores" in h_]
+    return seconds, curve
+
+
+# -- the driver (align's venv) -------------------------------------------------------------------
+
+def setup_models(workdir: Path, threads: int) -> dict:
+    """pretrain -> sft -> rm with align on the embedded world (skipped when already built)."""
+    import torch
+    import yaml
+
+    from align.runner import run_recipe
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("ALIGN_CACHE", str(workdir / "cache"))
+    common = {"per_device_train_batch_size": 16, "logging_steps": 20, "disable_tqdm": True, "save_steps": 1000}
+    recipe = {
+        "name": "bench-ppo", "run_dir": str(workdir / "run"), "model": {"name_or_path": "tiny"}, "world": WORLD,
+        "stages": {
+            "pretrain": {"kind": "pretrain", "data": "world:corpus",
+                         "args": {**common, "max_steps": 150, "learning_rate": 3e-3}},
+            "sft": {"kind": "sft", "from": "pretrain", "data": "world:sft",
+                    "args": {**common, "max_steps": 60, "learning_rate": 1e-3}},
+            "rm": {"kind": "rm", "from": "sft", "data": None,
+                   "args": {**common, "max_steps": 80, "learning_rate": 1e-3}},
+        }}
+    workdir.mkdir(parents=True, exist_ok=True)
+    recipe["stages"]["rm"]["data"] = write_capital_pairs(workdir)
+    path = workdir / "bench-ppo.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    artifacts = run_recipe(str(path))
+    sft_rows = [json.loads(line) for line in (workdir / "run" / "world" / "sft.jsonl").read_text().splitlines()]
+    prompts = workdir / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": r["messages"][:1]}) + "\n" for r in sft_rows))
+    return {"sft": str(artifacts["sft"].model_path()), "rm": str(artifacts["rm"].model_path()),
+            "prompts": str(prompts), "rm_metrics": artifacts["rm"].manifest.metrics,
+            "n_prompts": len(sft_rows)}
+
+
+def write_capital_pairs(workdir: Path) -> dict:
+    """Preference pairs whose rule a tiny reward model learns reliably: for any question about a
+    country, naming its capital is preferred over any other statement about it. (The world's
+    fact-checking pairs are too hard for a tiny RM to learn in a benchmark's time: it stays at
+    chance, and a reward of noise says nothing about either trainer.)"""
+    import random
+
+    from align.data.world import ANSWER_TEMPLATES, WorldConfig, build_world, make_splits
+
+    world = build_world(WorldConfig(**WORLD))
+    countries = {c.name: c for c in world.countries}
+    rng = random.Random(0)
+    out = {}
+    for split, source in (("train", "qa_train"), ("eval", "qa_eval")):
+        rows = []
+        for row in make_splits(world)[source]:
+            if not row["known"]:
+                continue
+            country = countries[row["entity"]]
+            other = rng.choice([a for a in ANSWER_TEMPLATES if a != "capital"])
+            rows.append({"prompt": [{"role": "user", "content": row["question"]}],
+                         "chosen": [{"role": "assistant", "content": ANSWER_TEMPLATES["capital"].format(
+                             e=country.name, v=country.capital)}],
+                         "rejected": [{"role": "assistant", "content": ANSWER_TEMPLATES[other].format(
+                             e=country.name, v=getattr(country, other))}]})
+        path = workdir / f"capital_pairs_{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[split] = str(path)
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    except OSError:
+        load = "load unknown"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()} ({load} at the start)"
+
+
+def launch(python: Path, which: str, setup_file: Path, out: Path, log: Path) -> dict | str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1",
+               PYTHONPATH=str(ROOT))
+    with log.open("w") as f:
+        proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", which, "--setup-file",
+                               str(setup_file), "--result", str(out)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0 or not out.exists():
+        tail = log.read_text()[-1500:]
+        return f"exit code {proc.returncode}; last lines of {log}:\n{tail}"
+    return json.loads(out.read_text())
+
+
+def quarter_means(curve: list[float]) -> tuple[float, float]:
+    q = max(1, len(curve) // 4)
+    return statistics.fmean(curve[:q]), statistics.fmean(curve[-q:])
+
+
+def write_report(path: Path, args, setup: dict, results: dict, command: str, started: str, host: str) -> None:
+    h = setup["hyper"]
+    lines = [
+        "# PPO: align vs TRL 1.12", "",
+        f"Date: {started} (UTC). Machine: {host}. Torch threads per run: {setup['threads']}.", "",
+        f"Command: `{command}`", "",
+        "Both trainers start from the same tiny SFT policy, use the same reward model as reward and as the "
+        "value model's starting point, the same prompts and the same hyperparameters; they run one after "
+        "the other in separate processes, alternating, and only the training loop is timed.", "",
+        "| setting | value |", "|---|---|",
+        f"| prompts | {setup['n_prompts']} (world:sft questions, world seed {WORLD['seed']}, "
+        f"{WORLD['n_entities']} countries) |",
+        *[f"| {k} | {v} |" for k, v in h.items()],
+        f"| reward model | align rm stage on pairs preferring an answer that names the country's capital "
+        f"(scripts/bench_ppo.py: write_capital_pairs), held-out accuracy {setup['rm_metrics'].get('accuracy', float('nan')):.2f}"
+        f", score mean {setup['rm_metrics'].get('score_mean', float('nan')):.2f} ± "
+        f"{setup['rm_metrics'].get('score_std', float('nan')):.2f} |", "",
+    ]
+    ok = {k: [r for r in v if isinstance(r, dict)] for k, v in results.items()}
+    failures = {k: [r for r in v if isinstance(r, str)] for k, v in results.items()}
+    lines += ["## Results", "", "| trainer | episodes/s (median of runs) | runs | score before | score after "
+              "| gain | own logged score, first -> last quarter |", "|---|---|---|---|---|---|---|"]
+    eps = {}
+    for which, label in (("align", "align (align.ppo)"), ("trl", "TRL 1.12.0 experimental PPOTrainer")):
+        runs = ok[which]
+        if not runs:
+            lines.append(f"| {label} | failed | 0 | | | | |")
+            continue
+        eps[which] = statistics.median(r["episodes_per_s"] for r in runs)
+        before = statistics.fmean(r["score_before"] for r in runs)
+        after = statistics.fmean(r["score_after"] for r in runs)
+        first, last = zip(*(quarter_means(r["train_curve"]) for r in runs))
+        spread = ", ".join(f"{r['episodes_per_s']:.2f}" for r in runs)
+        lines.append(f"| {label} | {eps[which]:.2f} ({spread}) | {len(runs)} | {before:.3f} | {after:.3f} | "
+                     f"{after - before:+.3f} | {statistics.fmean(first):.3f} -> {statistics.fmean(last):.3f} |")
+    lines.append("")
+    if "align" in eps and "trl" in eps:
+        lines += [f"**Ratio: align runs {eps['align'] / eps['trl']:.2f}x TRL 1.12's episodes per second.**", ""]
+    for which, fails in failures.items():
+        for f in fails:
+            lines += [f"{which} failed:", "", "```", f, "```", ""]
+    if ok["align"] or ok["trl"]:
+        versions = {k: ok[k][0]["versions"] for k in ok if ok[k]}
+        lines += ["Library versions: " + "; ".join(
+            f"{k}: " + ", ".join(f"{n} {v}" for n, v in vs.items()) for k, vs in versions.items()), ""]
+    lines += [
+        "## Reading the numbers", "",
+        "- *score before/after*: mean reward-model score of 2 sampled completions per prompt (temperature "
+        f"{h['temperature']}, seed fixed), rendered with the chat template exactly as the rm stage rendered the "
+        "pairs it was trained and measured on. The same code scores both trainers.",
+        "- *own logged score*: each trainer's per-step mean score. They differ in what the RM sees: TRL 1.12 "
+        "scores the token ids ending at EOS; align appends the chat template's end-of-turn suffix after EOS "
+        "(here a newline), i.e. the rendering the RM was trained on. So the two curves are not on one scale; "
+        "the before/after columns are.",
+        "- Both generate until EOS or response_length (TRL: stop_token=eos), whiten advantages, use k1 KL "
+        "penalty, clipped value loss, linear learning-rate decay, no gradient clipping (TRL 1.12's PPO loop "
+        "does not clip, so align's max_grad_norm is off here).",
+        "- Timings are wall-clock on a shared CPU machine; the per-run spread is shown next to each median.", "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=320)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--mini-batch-size", type=int, default=8)
+    parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--response-length", type=int, default=24)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (1: the tiny model gains nothing from more, and a busy "
+                             "machine makes OpenMP threads spin)")
+    parser.add_argument("--workdir", default=str(ROOT / ".bench" / "ppo"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "ppo.md"))
+    parser.add_argument("--worker", choices=["align", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--setup-file", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, json.loads(Path(args.setup_file).read_text()), Path(args.result))
+        return
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    host = machine()
+    command = " ".join([".venv/bin/python", "scripts/bench_ppo.py", *sys.argv[1:]])
+    workdir = Path(args.workdir).resolve()
+    setup = setup_models(workdir, args.threads)
+    setup.update(workdir=str(workdir), threads=args.threads, hyper={
+        "total_episodes": args.episodes, "batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size,
+        "ppo_epochs": args.ppo_epochs, "response_length": args.response_length,
+        "learning_rate": args.learning_rate, "temperature": args.temperature, "kl_coef": 0.05,
+        "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1, "seed": 42})
+    setup_file = workdir / "setup.json"
+    setup_file.write_text(json.dumps(setup, indent=1))
+
+    results: dict[str, list] = {"align": [], "trl": []}
+    pythons = {"align": Path(sys.executable), "trl": TRL_PYTHON}
+    for round_ in range(args.repeats):
+        for which in ("align", "trl") if round_ % 2 == 0 else ("trl", "align"):
+            if which == "trl" and not TRL_PYTHON.exists():
+                results["trl"].append(f"{TRL_PYTHON} does not exist: create the TRL 1.12 virtualenv (see the "
+                                      "docstring of scripts/bench_ppo.py).")
+                continue
+            out = workdir / f"result-{which}-{round_}.json"
+            out.unlink(missing_ok=True)
+            result = launch(pythons[which], which, setup_file, out, workdir / f"log-{which}-{round_}.txt")
+            results[which].append(result)
+            shown = (f"{result['episodes_per_s']:.2f} episodes/s, score {result['score_before']:.3f} -> "
+                     f"{result['score_after']:.3f}") if isinstance(result, dict) else result
+            print(f"round {round_ + 1} {which}: {shown}", flush=True)
+    write_report(Path(args.out), args, setup, results, command, started, host)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
