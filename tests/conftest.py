@@ -47,7 +47,7 @@ def pretrained_tiny(tmp_path_factory) -> str:
 
     tmp = tmp_path_factory.mktemp("pretrained")
     stages = {"pretrain": {"kind": "pretrain", "data": "world:corpus", "args": {
-        "num_train_epochs": 30, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
+        "num_train_epochs": 60, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
         "lr_scheduler_type": "cosine", "save_steps": 10_000, "logging_steps": 20,
         "disable_tqdm": True}}}
     artifact = run_recipe(write_recipe(tmp, stages, name="pretrained"))["pretrain"]

@@ -235,6 +235,14 @@ def test_resume_continues_at_the_saved_step(trained, monkeypatch, capsys):
     assert history[2]["kl_coef"] == pytest.approx(controller.value, rel=1e-9)
     assert history[2]["kl_coef"] != pytest.approx(0.1)
     assert artifact.manifest.metrics["steps"] == 4
+    # Everything a step depends on came back (weights, optimizer, moments, controller, prompt
+    # order, sampling seeds): the resumed run is the uninterrupted run, statistic for statistic.
+    straight = stats_of(run_ppo(trained, "ppo_straight", stage))
+    assert [_without_timings(s) for s in straight] == [_without_timings(s) for s in history]
+
+
+def _without_timings(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if not k.startswith("time_") and k != "episodes_per_s"}
 
 
 def test_qlora_policy_trains_an_adapter(trained):

@@ -20,7 +20,7 @@ def stages():
         "pretrain": {"kind": "pretrain", "data": "world:corpus",
                      "args": {**common, "max_steps": 10, "save_steps": 1000}},
         "sft": {"kind": "sft", "from": "pretrain", "data": "world:sft",
-                "args": {**common, "max_steps": 400, "save_steps": 5}},
+                "args": {**common, "max_steps": 150, "save_steps": 5}},
     }
 
 
@@ -63,5 +63,5 @@ def test_kill_during_stage_then_resume(tmp_path):
     # The finished stage was not redone, and the resumed one completed all its steps.
     assert json.loads((run / "pretrain" / "artifact.json").read_text()) == pretrain_manifest
     sft = json.loads((run / "sft" / "artifact.json").read_text())
-    assert sft["status"] == "complete" and sft["metrics"]["steps"] == 400
+    assert sft["status"] == "complete" and sft["metrics"]["steps"] == 150
     assert not (run / "sft.partial").exists()

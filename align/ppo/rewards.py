@@ -86,7 +86,7 @@ class Episodes:
     columns: dict[str, list[Any]]      # other dataset columns, one value per row
     query_responses: torch.Tensor | None = None  # policy token ids (B, P+R), for same-tokenizer RMs
     attention_mask: torch.Tensor | None = None
-    has_eos: torch.Tensor | None = None          # (B,) the completion ended with EOS
+    has_eos: torch.Tensor | None = None          # (B,) the completion's last token is EOS
 
 
 class RewardModelSource:
@@ -334,6 +334,19 @@ def build_reward(config, *, rm_source: RewardModelSource | None = None) -> Weigh
         else:
             sources.append((CallableSource(spec), weight))
     return WeightedReward(sources)
+
+
+def correct_answer(prompts, completions, answers=None, **columns) -> list[float]:
+    """A verifiable reward for QA data: 1.0 when the completion contains a gold answer or alias
+    (the `answers` column, judged as the evaluation judges), else 0.0. For recipes:
+    `source: align.ppo.rewards:correct_answer`."""
+    from align.honesty.judge import Judge
+
+    if answers is None:
+        raise AlignError("align.ppo.rewards:correct_answer needs an `answers` column in the prompt data "
+                         "(a gold answer or a list of aliases per row).")
+    judge = Judge(method="contains")
+    return [1.0 if judge.grade(c, gold) == "correct" else 0.0 for c, gold in zip(completions, answers)]
 
 
 # --------------------------------------------------------------------------------------------

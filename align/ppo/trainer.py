@@ -268,7 +268,7 @@ class PPOTrainer:
                    for key in self.prompts[rows[0]] if key != "prompt"}
         scores = self.reward(Episodes(prompts=prompts, completions=completions, columns=columns,
                                       query_responses=query_responses, attention_mask=attention_mask,
-                                      has_eos=has_eos))
+                                      has_eos=self._ends_with_eos(responses, response_mask)))
         mask = response_mask & scores.finite.to(self.device)[:, None]
         return Rollout(prompt_rows=rows, query_responses=query_responses, attention_mask=attention_mask,
                        context_length=context, responses=responses, mask=mask, response_mask=response_mask,
@@ -307,26 +307,33 @@ class PPOTrainer:
         from transformers import GenerationConfig
 
         c = self.config
-        # Every logits processor is set to neutral explicitly: generate() would otherwise fill
-        # unset ones from the model's generation_config (top_k=50 is common), and the tokens
-        # would no longer be samples of the distribution whose log-probs PPO trains on.
-        return GenerationConfig(
+        # Sampling processors are set to values that switch them off: generate() fills any field
+        # left None from the model's generation_config (top_k=50 and repetition penalties are
+        # common there), and the tokens would no longer be samples of the distribution whose
+        # log-probs PPO trains on. min_p / min_new_tokens have no "off" value that costs nothing,
+        # so they are only overridden when the model's own config sets them.
+        config = GenerationConfig(
             max_new_tokens=c.response_length, do_sample=True, temperature=c.temperature, top_p=c.top_p,
-            top_k=0, min_p=0.0, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-            min_new_tokens=0, num_beams=1, num_return_sequences=1, use_cache=True,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_ids if c.stop_at_eos else [],
+            top_k=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+            no_repeat_ngram_size=0, min_length=0, num_beams=1, num_return_sequences=1, use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids if c.stop_at_eos else [],
         )
+        model_config = getattr(self.unwrapped.policy, "generation_config", None)
+        if getattr(model_config, "min_p", None) is not None:
+            config.min_p = 0.0
+        if getattr(model_config, "min_new_tokens", None):
+            config.min_new_tokens = 0
+        return config
 
     def _cut_at_eos(self, generated: torch.Tensor):
-        """Response tokens up to and including the first EOS; columns past the longest response
-        are dropped so no later pass computes on pure padding."""
+        """Response tokens up to and including the first EOS (all of them without stop_at_eos);
+        columns past the longest response are dropped so no later pass computes on padding.
+        `has_eos`: the response contains an EOS (what the missing-EOS penalty asks)."""
         is_eos = torch.isin(generated, torch.tensor(self.eos_ids, device=generated.device))
-        if not self.config.stop_at_eos:
-            is_eos = torch.zeros_like(is_eos)
         has_eos = is_eos.any(dim=1)
         positions = torch.arange(generated.shape[1], device=generated.device)
-        first_eos = torch.where(has_eos, is_eos.float().argmax(dim=1), generated.shape[1] - 1)
+        stops = has_eos if self.config.stop_at_eos else torch.zeros_like(has_eos)
+        first_eos = torch.where(stops, is_eos.float().argmax(dim=1), generated.shape[1] - 1)
         mask = positions[None, :] <= first_eos[:, None]
         width = int(mask.sum(dim=1).max())
         mask = mask[:, :width]
@@ -613,6 +620,10 @@ class PPOTrainer:
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    def _ends_with_eos(self, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        last = responses.gather(1, (mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
+        return torch.isin(last, torch.tensor(self.eos_ids, device=responses.device))
 
     def _decode(self, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
         eos = torch.tensor(self.eos_ids, device=responses.device)

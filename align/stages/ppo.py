@@ -224,4 +224,8 @@ def summarise(history: list[dict]) -> dict:
         "eos_rate_last": mean("eos_rate", last), "kl_coef_last": history[-1]["kl_coef"],
         "non_finite_rows": sum(r.get("non_finite", 0) for r in history),
         "episodes_per_s": mean("episodes_per_s", history),
+        # Each reward source's mean over the first and last quarter: which part of a weighted
+        # reward actually rose.
+        "reward_sources": {key.split("/", 1)[1]: {"first": mean(key, first), "last": mean(key, last)}
+                           for key in history[0] if key.startswith("reward/")},
     }
