@@ -19,7 +19,7 @@ import random
 
 from align.data.world import ANSWER_TEMPLATES, QUESTION_TEMPLATES, World
 
-TRAIN_WRONG_VALUES = 3
+TRAIN_WRONG_VALUES = 6
 
 
 def preference_pair(question: str, entity: str, attribute: str, right: str, wrong: str) -> dict:

@@ -192,6 +192,8 @@ class StageContext:
         args["seed"] = self.recipe.seed
         if not torch.cuda.is_available():
             args["use_cpu"] = True
+            if self.state.num_processes > 1:
+                args["ddp_backend"] = "gloo"  # NCCL needs GPUs
         if has_eval:
             args.update(eval_strategy="steps", eval_steps=args["save_steps"])
         if self.stage.early_stopping_patience:
