@@ -106,9 +106,9 @@ def execute_stage(recipe: Recipe, name: str):
     finished = dirs.finished(digest)
     if finished:
         return finished
-    from accelerate import PartialState
+    from align.stages.context import process_state
 
-    state = PartialState()
+    state = process_state()
     resumed = False
     if state.is_main_process:
         resumed = dirs.begin(digest)

@@ -81,9 +81,15 @@ def load_models(setup: dict):
 
 
 def worker(which: str, setup: dict, out: Path) -> None:
+    import random
+
+    import numpy as np
     import torch
 
     torch.set_num_threads(setup["threads"])
+    # TRL 1.12 shuffles minibatches with the global numpy generator, which it never seeds.
+    random.seed(setup["hyper"]["seed"])
+    np.random.seed(setup["hyper"]["seed"])
     h = setup["hyper"]
     tokenizer, policy, reference, value, rm = load_models(setup)
     prompts = load_prompts(Path(setup["prompts"]))
@@ -97,7 +103,7 @@ def worker(which: str, setup: dict, out: Path) -> None:
         from importlib.metadata import version
 
         versions[name] = version(name)
-    out.write_text(json.dumps({"which": which, "seconds": seconds, "episodes": h["total_episodes"],
+    out.write_text(json.dumps({"which": which, "seed": h["seed"], "seconds": seconds, "episodes": h["total_episodes"],
                                "episodes_per_s": h["total_episodes"] / seconds, "score_before": before,
                                "score_after": after, "train_curve": curve, "versions": versions}))
 
@@ -253,7 +259,21 @@ def quarter_means(curve: list[float]) -> tuple[float, float]:
     return statistics.fmean(curve[:q]), statistics.fmean(curve[-q:])
 
 
-def write_report(path: Path, args, setup: dict, results: dict, command: str, started: str, host: str) -> None:
+def summary(runs: list) -> dict | None:
+    ok = [r for r in runs if isinstance(r, dict)]
+    if not ok:
+        return None
+    first, last = zip(*(quarter_means(r["train_curve"]) for r in ok))
+    before = statistics.fmean(r["score_before"] for r in ok)
+    after = statistics.fmean(r["score_after"] for r in ok)
+    return {"eps": statistics.median(r["episodes_per_s"] for r in ok),
+            "spread": ", ".join(f"{r['episodes_per_s']:.2f}" for r in ok), "runs": len(ok),
+            "before": before, "after": after, "gains": ", ".join(f"{r['score_after'] - r['score_before']:+.2f}" for r in ok),
+            "curve": f"{statistics.fmean(first):.3f} -> {statistics.fmean(last):.3f}",
+            "versions": ok[0]["versions"]}
+
+
+def write_report(path: Path, setup: dict, configs: list[dict], command: str, started: str, host: str) -> None:
     h = setup["hyper"]
     lines = [
         "# PPO: align vs TRL 1.12", "",
@@ -261,41 +281,42 @@ def write_report(path: Path, args, setup: dict, results: dict, command: str, sta
         f"Command: `{command}`", "",
         "Both trainers start from the same tiny SFT policy, use the same reward model as reward and as the "
         "value model's starting point, the same prompts and the same hyperparameters; they run one after "
-        "the other in separate processes, alternating, and only the training loop is timed.", "",
+        "the other in separate processes, alternating which goes first, and only the training loop is "
+        "timed. Run i of each trainer uses seed 42 + i.", "",
         "| setting | value |", "|---|---|",
         f"| prompts | {setup['n_prompts']} (world:sft questions, world seed {WORLD['seed']}, "
         f"{WORLD['n_entities']} countries) |",
-        *[f"| {k} | {v} |" for k, v in h.items()],
+        *[f"| {k} | {v} |" for k, v in h.items() if k not in ("seed", "ppo_epochs")],
         f"| reward model | align rm stage on pairs preferring an answer that names the country's capital "
-        f"(scripts/bench_ppo.py: write_capital_pairs), held-out accuracy {setup['rm_metrics'].get('accuracy', float('nan')):.2f}"
-        f", score mean {setup['rm_metrics'].get('score_mean', float('nan')):.2f} ± "
+        f"(scripts/bench_ppo.py: write_capital_pairs), held-out accuracy "
+        f"{setup['rm_metrics'].get('accuracy', float('nan')):.2f}, score mean "
+        f"{setup['rm_metrics'].get('score_mean', float('nan')):.2f} ± "
         f"{setup['rm_metrics'].get('score_std', float('nan')):.2f} |", "",
     ]
-    ok = {k: [r for r in v if isinstance(r, dict)] for k, v in results.items()}
-    failures = {k: [r for r in v if isinstance(r, str)] for k, v in results.items()}
-    lines += ["## Results", "", "| trainer | episodes/s (median of runs) | runs | score before | score after "
-              "| gain | own logged score, first -> last quarter |", "|---|---|---|---|---|---|---|"]
-    eps = {}
-    for which, label in (("align", "align (align.ppo)"), ("trl", "TRL 1.12.0 experimental PPOTrainer")):
-        runs = ok[which]
-        if not runs:
-            lines.append(f"| {label} | failed | 0 | | | | |")
-            continue
-        eps[which] = statistics.median(r["episodes_per_s"] for r in runs)
-        before = statistics.fmean(r["score_before"] for r in runs)
-        after = statistics.fmean(r["score_after"] for r in runs)
-        first, last = zip(*(quarter_means(r["train_curve"]) for r in runs))
-        spread = ", ".join(f"{r['episodes_per_s']:.2f}" for r in runs)
-        lines.append(f"| {label} | {eps[which]:.2f} ({spread}) | {len(runs)} | {before:.3f} | {after:.3f} | "
-                     f"{after - before:+.3f} | {statistics.fmean(first):.3f} -> {statistics.fmean(last):.3f} |")
-    lines.append("")
-    if "align" in eps and "trl" in eps:
-        lines += [f"**Ratio: align runs {eps['align'] / eps['trl']:.2f}x TRL 1.12's episodes per second.**", ""]
-    for which, fails in failures.items():
-        for f in fails:
-            lines += [f"{which} failed:", "", "```", f, "```", ""]
-    if ok["align"] or ok["trl"]:
-        versions = {k: ok[k][0]["versions"] for k in ok if ok[k]}
+    versions = {}
+    for cfg in configs:
+        lines += [f"## ppo_epochs = {cfg['ppo_epochs']}", "",
+                  "| trainer | episodes/s: median (each run) | score before | score after (mean) | gain per run "
+                  "| own logged score, first -> last quarter |", "|---|---|---|---|---|---|"]
+        sums = {}
+        for which, label in (("align", "align (align.ppo)"), ("trl", "TRL 1.12.0 experimental PPOTrainer")):
+            sums[which] = summary(cfg["results"][which])
+            m = sums[which]
+            if m is None:
+                lines.append(f"| {label} | failed | | | | |")
+                continue
+            versions[which] = m["versions"]
+            lines.append(f"| {label} | {m['eps']:.2f} ({m['spread']}) | {m['before']:.3f} | {m['after']:.3f} | "
+                         f"{m['gains']} | {m['curve']} |")
+        lines.append("")
+        if sums["align"] and sums["trl"]:
+            lines += [f"**Ratio: align runs {sums['align']['eps'] / sums['trl']['eps']:.2f}x TRL 1.12's episodes "
+                      f"per second** (mean score gain {sums['align']['after'] - sums['align']['before']:+.2f} vs "
+                      f"{sums['trl']['after'] - sums['trl']['before']:+.2f}).", ""]
+        for which in ("align", "trl"):
+            for f in (r for r in cfg["results"][which] if isinstance(r, str)):
+                lines += [f"{which} failed:", "", "```", f, "```", ""]
+    if versions:
         lines += ["Library versions: " + "; ".join(
             f"{k}: " + ", ".join(f"{n} {v}" for n, v in vs.items()) for k, vs in versions.items()), ""]
     lines += [
@@ -307,10 +328,18 @@ def write_report(path: Path, args, setup: dict, results: dict, command: str, sta
         "scores the token ids ending at EOS; align appends the chat template's end-of-turn suffix after EOS "
         "(here a newline), i.e. the rendering the RM was trained on. So the two curves are not on one scale; "
         "the before/after columns are.",
-        "- Both generate until EOS or response_length (TRL: stop_token=eos), whiten advantages, use k1 KL "
-        "penalty, clipped value loss, linear learning-rate decay, no gradient clipping (TRL 1.12's PPO loop "
-        "does not clip, so align's max_grad_norm is off here).",
-        "- Timings are wall-clock on a shared CPU machine; the per-run spread is shown next to each median.", "",
+        "- Both generate until EOS or response_length (TRL: stop_token=eos), whiten advantages, use the k1 KL "
+        "penalty, the clipped value loss, linear learning-rate decay, fused AdamW and no gradient clipping "
+        "(TRL 1.12's PPO loop does not clip, so align's max_grad_norm is off here).",
+        "- Where the time goes (cProfile, this machine, tiny model): the forward and backward passes of the "
+        "update cost both trainers about the same; TRL 1.12 also calls `gc.collect()` twice per rollout "
+        "(about 0.8 s per rollout here, with its large Python heap), computes full-vocabulary logits and "
+        "entropies over prompt and response positions, and stores generation scores. align runs the LM head "
+        "on response positions only, trims each minibatch to its longest response and to the prompt "
+        "columns it uses, and has no per-step collection. The gap is a per-rollout overhead, so it narrows "
+        "with more PPO epochs per rollout (more update work per rollout) and with larger models.",
+        "- Timings are wall-clock on a shared CPU machine whose load changed during the runs; each run's "
+        "figure is shown next to the median.", "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -321,11 +350,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--mini-batch-size", type=int, default=8)
-    parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--ppo-epochs", type=int, nargs="+", default=[4],
+                        help="one or more values; each is benchmarked (4 is TRL 1.12's default)")
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (1: the tiny model gains nothing from more, and a busy "
                              "machine makes OpenMP threads spin)")
@@ -346,28 +376,32 @@ def main() -> None:
     setup = setup_models(workdir, args.threads)
     setup.update(workdir=str(workdir), threads=args.threads, hyper={
         "total_episodes": args.episodes, "batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size,
-        "ppo_epochs": args.ppo_epochs, "response_length": args.response_length,
+        "ppo_epochs": None, "response_length": args.response_length,
         "learning_rate": args.learning_rate, "temperature": args.temperature, "kl_coef": 0.05,
         "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1, "seed": 42})
-    setup_file = workdir / "setup.json"
-    setup_file.write_text(json.dumps(setup, indent=1))
-
-    results: dict[str, list] = {"align": [], "trl": []}
     pythons = {"align": Path(sys.executable), "trl": TRL_PYTHON}
-    for round_ in range(args.repeats):
-        for which in ("align", "trl") if round_ % 2 == 0 else ("trl", "align"):
-            if which == "trl" and not TRL_PYTHON.exists():
-                results["trl"].append(f"{TRL_PYTHON} does not exist: create the TRL 1.12 virtualenv (see the "
-                                      "docstring of scripts/bench_ppo.py).")
-                continue
-            out = workdir / f"result-{which}-{round_}.json"
-            out.unlink(missing_ok=True)
-            result = launch(pythons[which], which, setup_file, out, workdir / f"log-{which}-{round_}.txt")
-            results[which].append(result)
-            shown = (f"{result['episodes_per_s']:.2f} episodes/s, score {result['score_before']:.3f} -> "
-                     f"{result['score_after']:.3f}") if isinstance(result, dict) else result
-            print(f"round {round_ + 1} {which}: {shown}", flush=True)
-    write_report(Path(args.out), args, setup, results, command, started, host)
+    configs = []
+    for epochs in args.ppo_epochs:
+        results: dict[str, list] = {"align": [], "trl": []}
+        for round_ in range(args.repeats):
+            setup["hyper"].update(ppo_epochs=epochs, seed=42 + round_)
+            setup_file = workdir / "setup.json"
+            setup_file.write_text(json.dumps(setup, indent=1))
+            for which in ("align", "trl") if round_ % 2 == 0 else ("trl", "align"):
+                if which == "trl" and not TRL_PYTHON.exists():
+                    results["trl"].append(f"{TRL_PYTHON} does not exist: create the TRL 1.12 virtualenv (see "
+                                          "the docstring of scripts/bench_ppo.py).")
+                    continue
+                tag = f"{which}-e{epochs}-{round_}"
+                out = workdir / f"result-{tag}.json"
+                out.unlink(missing_ok=True)
+                result = launch(pythons[which], which, setup_file, out, workdir / f"log-{tag}.txt")
+                results[which].append(result)
+                shown = (f"{result['episodes_per_s']:.2f} episodes/s, score {result['score_before']:.3f} -> "
+                         f"{result['score_after']:.3f}") if isinstance(result, dict) else result
+                print(f"ppo_epochs {epochs} round {round_ + 1} {which}: {shown}", flush=True)
+        configs.append({"ppo_epochs": epochs, "results": results})
+    write_report(Path(args.out), setup, configs, command, started, host)
     print(f"wrote {args.out}")
 
 

@@ -45,6 +45,8 @@ class PPOConfig:
     response_length: int = 64
     max_prompt_length: int | None = None  # longer prompts keep their last tokens
     temperature: float = 1.0
+    # < 1 samples from a truncated distribution while log-probs are of the whole (tempered) one,
+    # which makes PPO slightly off-policy; 1.0 keeps it exact.
     top_p: float = 1.0
     stop_at_eos: bool = True
     # -- KL to the reference -----------------------------------------------------------------------

@@ -157,11 +157,11 @@ class PPOTrainer:
         else:
             self.ref_policy = None
 
-        params = [p for p in ActorCritic(policy, value_model).parameters() if p.requires_grad]
+        actor_critic = ActorCritic(policy, value_model)
+        params = [p for p in actor_critic.parameters() if p.requires_grad]
         if not params:
             raise AlignError("PPO found no trainable parameters in the policy and value model.")
-        optimizer = _adamw(params, config)
-        self.model, self.optimizer = self.accelerator.prepare(ActorCritic(policy, value_model), optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(actor_critic, _adamw(params, config))
 
         if config.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -286,11 +286,11 @@ class PPOTrainer:
             rows = slice(start, start + step)
             ids, mask, labels = query_responses[rows], attention_mask[rows], responses[rows]
             logits, values = self.model(ids, mask, context)
-            logits = logits.float() / temperature
+            logits = _tempered(logits, temperature)
             logprobs = logprobs_from_logits(logits, labels)
             entropy = entropy_from_logits(logits)
             del logits
-            ref_logits = self._reference_logits(ids, mask, context).float() / temperature
+            ref_logits = _tempered(self._reference_logits(ids, mask, context), temperature)
             parts.append((logprobs, values, entropy, logprobs_from_logits(ref_logits, labels)))
         return tuple(torch.cat(p) for p in zip(*parts))
 
@@ -401,7 +401,7 @@ class PPOTrainer:
         c = self.config
         ids, attention, context, width = self._trim(r, rows)
         logits, values = self.model(ids, attention, context)
-        logprobs = logprobs_from_logits(logits.float() / c.temperature, r.responses[rows, :width])
+        logprobs = logprobs_from_logits(_tempered(logits, c.temperature), r.responses[rows, :width])
         mask = r.mask[rows, :width]
         pg_loss, pg_stats = clipped_policy_loss(logprobs, r.logprobs[rows, :width], r.advantages[rows, :width],
                                                 mask, c.cliprange)
@@ -630,6 +630,12 @@ class PPOTrainer:
         keep = mask & ~torch.isin(responses, eos)
         return [self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True).strip()
                 for row, m in zip(responses, keep)]
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits of the distribution that was sampled (softmax(logits / T)), in float32."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _adamw(params, config: PPOConfig):

@@ -43,9 +43,7 @@ class StageContext:
     # -- processes ---------------------------------------------------------------------------
     @property
     def state(self):
-        from accelerate import PartialState
-
-        return PartialState()
+        return process_state()
 
     @property
     def is_main(self) -> bool:
@@ -225,6 +223,25 @@ class StageContext:
             self.log(f"resuming from {last.name}")
         return str(last) if last else None
 
+    def replica_check(self, model) -> dict:
+        """World size, and whether every data-parallel replica ended with the same weights.
+
+        Each rank hashes its trainable parameters; the hashes are gathered on every rank. Only
+        meaningful for plain data parallelism (sharded ZeRO-3 / FSDP ranks hold different shards).
+        """
+        import hashlib
+
+        from accelerate.utils import gather_object
+
+        digest = hashlib.sha256()
+        for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
+            if p.requires_grad:
+                digest.update(name.encode())
+                digest.update(p.detach().float().cpu().numpy().tobytes())
+        hashes = gather_object([digest.hexdigest()[:16]]) if self.state.num_processes > 1 \
+            else [digest.hexdigest()[:16]]
+        return {"world_size": self.state.num_processes, "replicas_identical": len(set(hashes)) == 1}
+
     # -- finishing -----------------------------------------------------------------------------
     def finish(self, *, model: ModelRef | None = None, tokenizer: str | None = None,
                files: dict[str, str] | None = None, metrics: dict | None = None) -> Artifact | None:
@@ -246,6 +263,19 @@ class StageContext:
         self.state.wait_for_everyone()
         manifest = read_manifest(self.dirs.final)
         return Artifact(self.dirs.final, manifest) if manifest else None
+
+
+def process_state():
+    """accelerate's process state; on a machine without GPUs, several processes use gloo.
+
+    The first call fixes the state for the process, so it must come before any Trainer builds
+    its own (which would otherwise see `accelerate launch --multi_gpu` without CUDA as one
+    process).
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def world_dir(recipe: Recipe) -> Path:

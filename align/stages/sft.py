@@ -43,7 +43,7 @@ def run(ctx: StageContext):
     if ctx.is_main:
         trainer.save_model(str(out))
         tokenizer.save_pretrained(str(out))
-    metrics = loss_summary(trainer.state.log_history)
+    metrics = {**loss_summary(trainer.state.log_history), **ctx.replica_check(trainer.model)}
     metrics.update(trainable_parameters=trainable, total_parameters=total, train_rows=len(train))
     adapter = method.type not in ("full", "freeze")
     ref = ModelRef(type="adapter" if adapter else "full", path="model",
