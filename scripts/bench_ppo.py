@@ -69,6 +69,19 @@ def mean_rm_score(policy, rm, tokenizer, prompts, *, samples: int, max_new_token
     return scores.float().mean().item()
 
 
+class Timer:
+    """Wall-clock and process CPU time of a block. With one torch thread the CPU time is the work
+    done, whatever else the machine is running; the wall-clock time is what a user waits."""
+
+    def __enter__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
 def load_models(setup: dict):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -96,15 +109,16 @@ def worker(which: str, setup: dict, out: Path) -> None:
     score = dict(samples=2, max_new_tokens=h["response_length"], temperature=h["temperature"], seed=1234)
     before = mean_rm_score(policy, rm, tokenizer, prompts, **score)
     run = run_align if which == "align" else run_trl
-    seconds, curve = run(setup, tokenizer, policy, reference, value, rm, prompts)
+    timer, curve = run(setup, tokenizer, policy, reference, value, rm, prompts)
     after = mean_rm_score(policy, rm, tokenizer, prompts, **score)
     versions = {}
     for name in ("torch", "transformers", "trl", "peft", "accelerate"):
         from importlib.metadata import version
 
         versions[name] = version(name)
-    out.write_text(json.dumps({"which": which, "seed": h["seed"], "seconds": seconds, "episodes": h["total_episodes"],
-                               "episodes_per_s": h["total_episodes"] / seconds, "score_before": before,
+    out.write_text(json.dumps({"which": which, "seed": h["seed"], "seconds": timer.wall, "cpu_seconds": timer.cpu,
+                               "episodes": h["total_episodes"], "episodes_per_s": h["total_episodes"] / timer.wall,
+                               "episodes_per_cpu_s": h["total_episodes"] / timer.cpu, "score_before": before,
                                "score_after": after, "train_curve": curve, "versions": versions}))
 
 
@@ -124,10 +138,9 @@ def run_align(setup, tokenizer, policy, reference, value, rm, prompts):
     reward = WeightedReward([(RewardModelSource(rm, tokenizer, policy_tokenizer=tokenizer), 1.0)])
     trainer = PPOTrainer(config, policy=policy, value_model=value, tokenizer=tokenizer, reward=reward,
                          prompts=[{"prompt": p} for p in prompts], ref_policy=reference, seed=h["seed"])
-    start = time.perf_counter()
-    history = trainer.train()
-    seconds = time.perf_counter() - start
-    return seconds, [s["score_raw"] for s in history]
+    with Timer() as timer:
+        history = trainer.train()
+    return timer, [s["score_raw"] for s in history]
 
 
 def run_trl(setup, tokenizer, policy, reference, value, rm, prompts):
@@ -153,11 +166,10 @@ def run_trl(setup, tokenizer, policy, reference, value, rm, prompts):
         logging_steps=1, use_cpu=True, seed=h["seed"], disable_tqdm=True, lr_scheduler_type="linear")
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
                          reward_model=rm, value_model=value, train_dataset=dataset, eval_dataset=dataset)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    with Timer() as timer:
+        trainer.train()
     curve = [h_["objective/scores"] for h_ in trainer.state.log_history if "objective/scores" in h_]
-    return seconds, curve
+    return timer, curve
 
 
 # -- the driver (align's venv) -------------------------------------------------------------------
@@ -268,6 +280,8 @@ def summary(runs: list) -> dict | None:
     after = statistics.fmean(r["score_after"] for r in ok)
     return {"eps": statistics.median(r["episodes_per_s"] for r in ok),
             "spread": ", ".join(f"{r['episodes_per_s']:.2f}" for r in ok), "runs": len(ok),
+            "cpu_eps": statistics.median(r["episodes_per_cpu_s"] for r in ok),
+            "cpu_spread": ", ".join(f"{r['episodes_per_cpu_s']:.2f}" for r in ok),
             "before": before, "after": after, "gains": ", ".join(f"{r['score_after'] - r['score_before']:+.2f}" for r in ok),
             "curve": f"{statistics.fmean(first):.3f} -> {statistics.fmean(last):.3f}",
             "versions": ok[0]["versions"]}
@@ -296,23 +310,25 @@ def write_report(path: Path, setup: dict, configs: list[dict], command: str, sta
     versions = {}
     for cfg in configs:
         lines += [f"## ppo_epochs = {cfg['ppo_epochs']}", "",
-                  "| trainer | episodes/s: median (each run) | score before | score after (mean) | gain per run "
-                  "| own logged score, first -> last quarter |", "|---|---|---|---|---|---|"]
+                  "| trainer | episodes per wall-clock s: median (each run) | episodes per CPU s: median (each run) "
+                  "| score before | score after (mean) | gain per run | own logged score, first -> last quarter |",
+                  "|---|---|---|---|---|---|---|"]
         sums = {}
         for which, label in (("align", "align (align.ppo)"), ("trl", "TRL 1.12.0 experimental PPOTrainer")):
             sums[which] = summary(cfg["results"][which])
             m = sums[which]
             if m is None:
-                lines.append(f"| {label} | failed | | | | |")
+                lines.append(f"| {label} | failed | | | | | |")
                 continue
             versions[which] = m["versions"]
-            lines.append(f"| {label} | {m['eps']:.2f} ({m['spread']}) | {m['before']:.3f} | {m['after']:.3f} | "
-                         f"{m['gains']} | {m['curve']} |")
+            lines.append(f"| {label} | {m['eps']:.2f} ({m['spread']}) | {m['cpu_eps']:.2f} ({m['cpu_spread']}) | "
+                         f"{m['before']:.3f} | {m['after']:.3f} | {m['gains']} | {m['curve']} |")
         lines.append("")
         if sums["align"] and sums["trl"]:
-            lines += [f"**Ratio: align runs {sums['align']['eps'] / sums['trl']['eps']:.2f}x TRL 1.12's episodes "
-                      f"per second** (mean score gain {sums['align']['after'] - sums['align']['before']:+.2f} vs "
-                      f"{sums['trl']['after'] - sums['trl']['before']:+.2f}).", ""]
+            a, t = sums["align"], sums["trl"]
+            lines += [f"**Ratio: align runs {a['eps'] / t['eps']:.2f}x TRL 1.12's episodes per wall-clock second, "
+                      f"{a['cpu_eps'] / t['cpu_eps']:.2f}x per CPU second** (mean score gain "
+                      f"{a['after'] - a['before']:+.2f} vs {t['after'] - t['before']:+.2f}).", ""]
         for which in ("align", "trl"):
             for f in (r for r in cfg["results"][which] if isinstance(r, str)):
                 lines += [f"{which} failed:", "", "```", f, "```", ""]
@@ -338,8 +354,10 @@ def write_report(path: Path, setup: dict, configs: list[dict], command: str, sta
         "on response positions only, trims each minibatch to its longest response and to the prompt "
         "columns it uses, and has no per-step collection. The gap is a per-rollout overhead, so it narrows "
         "with more PPO epochs per rollout (more update work per rollout) and with larger models.",
-        "- Timings are wall-clock on a shared CPU machine whose load changed during the runs; each run's "
-        "figure is shown next to the median.", "",
+        "- The machine is shared with other jobs and its load changed during the runs, which moves the "
+        "wall-clock figures by up to 2x between runs of the same trainer; each run's figure is shown next to the "
+        "median. CPU seconds (process time, one torch thread) count the work each trainer did and are much "
+        "steadier under that load.", "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

@@ -25,11 +25,17 @@ def run(ctx: StageContext):
 
     from align.modeling import count_trainable
     from align.ppo.config import PPOConfig
-    from align.ppo.rewards import RewardModelSource, build_reward
+    from align.ppo.rewards import RewardModelSource, build_reward, import_callable
     from align.ppo.trainer import PPOTrainer
 
     where = f"stages.{ctx.name}.args"
     config = PPOConfig.from_args(ctx.stage.args, where, ctx.recipe.source)
+    for i, item in enumerate(config.rewards):  # before any model loads: a typo should fail fast
+        if item["source"] != "rm":
+            try:
+                import_callable(item["source"])
+            except AlignError as exc:
+                raise AlignError(f"{where}.rewards.{i}: {exc}") from None
     seed = config.seed if config.seed is not None else ctx.recipe.seed
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(seed)
@@ -56,10 +62,7 @@ def run(ctx: StageContext):
             dtype=_dtype(ctx), normalize=config.score_normalization == "rm_stats",
             batch_size=config.rollout_forward_batch_size,
             trust_remote_code=ctx.recipe.model.trust_remote_code)
-    try:
-        reward = build_reward(config, rm_source=rm_source)
-    except AlignError as exc:
-        raise AlignError(f"{where}: {exc}") from None
+    reward = build_reward(config, rm_source=rm_source)
 
     trainer = PPOTrainer(config, policy=policy, value_model=value_model, tokenizer=tokenizer, reward=reward,
                          prompts=prompts, ref_policy=reference, output_dir=ctx.dirs.partial,
@@ -78,14 +81,18 @@ def run(ctx: StageContext):
     metrics = summarise(history)
     metrics.update(trainable_parameters=trainable, total_parameters=total, prompts=len(prompts),
                    value_model=value_start)
-    ctx.log("score by quarter: " + " -> ".join(f"{s:.3f}" for s in metrics["score_by_quarter"])
-            + f" | kl last {metrics['kl_last']:.4f} | eos rate last {metrics['eos_rate_last']:.2f}")
+    ctx.log("score by quarter: " + " -> ".join(_fmt(s) for s in metrics["score_by_quarter"])
+            + f" | kl last {_fmt(metrics['kl_last'], 4)} | eos rate last {_fmt(metrics['eos_rate_last'], 2)}")
     method = ctx.stage.method.type
     adapter = method in ("lora", "qlora")
     ref = ModelRef(type="adapter" if adapter else "full", path="model",
                    base=ctx.adapter_base() if adapter else None, root=ctx.root_model(), method=method)
     return ctx.finish(model=ref, tokenizer="model", metrics=metrics,
                       files={"stats": STATS_FILE, "samples": SAMPLES_FILE})
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -212,9 +219,10 @@ def summarise(history: list[dict]) -> dict:
 
     n = len(history)
     bounds = [round(i * n / 4) for i in range(5)]
-    by_quarter = [mean("score_raw", history[a:b] or history[a:a + 1]) for a, b in zip(bounds, bounds[1:])]
+    by_quarter = [mean("score_raw", history[a:b] or history[min(a, n - 1):min(a, n - 1) + 1])
+                  for a, b in zip(bounds, bounds[1:])]
     first, last = history[:quarter], history[-quarter:]
-    return {
+    return _finite_or_none({
         "steps": history[-1]["step"], "episodes": history[-1]["episodes"],
         "mean_score_first": mean("score_raw", first), "mean_score_last": mean("score_raw", last),
         "shaped_score_first": mean("score", first), "shaped_score_last": mean("score", last),
@@ -228,4 +236,15 @@ def summarise(history: list[dict]) -> dict:
         # reward actually rose.
         "reward_sources": {key.split("/", 1)[1]: {"first": mean(key, first), "last": mean(key, last)}
                            for key in history[0] if key.startswith("reward/")},
-    }
+    })
+
+
+def _finite_or_none(value):
+    """nan (e.g. no finite score in a quarter) becomes null: artifact.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
