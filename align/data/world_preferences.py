@@ -46,10 +46,12 @@ def preference_splits(world: World, splits: dict[str, list[dict]]) -> dict[str, 
     for entity, attribute in facts:
         right = getattr(by_name[entity], attribute)
         pool = sorted({getattr(by_name[e], a) for e, a in facts if a == attribute} - {right})
+        if os.environ.get("ANY"):
+            pool = sorted({getattr(c, attribute) for c in world.countries} - {right})
         wrong = rng.sample(pool, min(k1 + 1, len(pool)))
         if len(wrong) < 2:
             continue  # too few facts of this attribute to hold a wrong value out
-        others = sorted({getattr(c, attribute) for c in world.countries} - set(pool) - {right})
+        others = sorted({getattr(c, attribute) for c in world.countries} - set(pool) - {right} - set(wrong))
         wrong = rng.sample(others, min(k2, len(others))) + wrong
         questions = [q.format(e=entity) for q in QUESTION_TEMPLATES[attribute]]
         train += [preference_pair(q, entity, attribute, right, w) for w in wrong[:-1]
