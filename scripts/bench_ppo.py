@@ -108,7 +108,7 @@ def worker(which: str, setup: dict, out: Path) -> None:
     prompts = load_prompts(Path(setup["prompts"]))
     score = dict(samples=2, max_new_tokens=h["response_length"], temperature=h["temperature"], seed=1234)
     before = mean_rm_score(policy, rm, tokenizer, prompts, **score)
-    run = run_align if which == "align" else run_trl
+    run = run_trl if which == "trl" else run_align
     timer, curve = run(setup, tokenizer, policy, reference, value, rm, prompts)
     after = mean_rm_score(policy, rm, tokenizer, prompts, **score)
     versions = {}
@@ -135,7 +135,10 @@ def run_align(setup, tokenizer, policy, reference, value, rm, prompts):
         cliprange_value=h["cliprange_value"], vf_coef=h["vf_coef"], gamma=1.0, lam=0.95,
         whiten_rewards=False, whiten_advantages=True, max_grad_norm=None,  # TRL 1.12 does not clip
         rewards=[{"source": "rm"}], disable_tqdm=True, log_samples=0, save_steps=10**9, seed=h["seed"])
-    reward = WeightedReward([(RewardModelSource(rm, tokenizer, policy_tokenizer=tokenizer), 1.0)])
+    source = RewardModelSource(rm, tokenizer, policy_tokenizer=tokenizer)
+    if setup.get("variant") == "no-suffix":
+        source.turn_suffix = []  # ablation: score the ids ending at EOS, as TRL 1.12 does
+    reward = WeightedReward([(source, 1.0)])
     trainer = PPOTrainer(config, policy=policy, value_model=value, tokenizer=tokenizer, reward=reward,
                          prompts=[{"prompt": p} for p in prompts], ref_policy=reference, seed=h["seed"])
     with Timer() as timer:
@@ -314,13 +317,17 @@ def write_report(path: Path, setup: dict, configs: list[dict], command: str, sta
                   "| score before | score after (mean) | gain per run | own logged score, first -> last quarter |",
                   "|---|---|---|---|---|---|---|"]
         sums = {}
-        for which, label in (("align", "align (align.ppo)"), ("trl", "TRL 1.12.0 experimental PPOTrainer")):
+        labels = (("align", "align (align.ppo)"), ("trl", "TRL 1.12.0 experimental PPOTrainer"),
+                  ("align-no-suffix", "ablation: align, RM scoring ids that end at EOS like TRL 1.12"))
+        for which, label in labels:
+            if which not in cfg["results"]:
+                continue
             sums[which] = summary(cfg["results"][which])
             m = sums[which]
             if m is None:
                 lines.append(f"| {label} | failed | | | | | |")
                 continue
-            versions[which] = m["versions"]
+            versions.setdefault(which.split("-")[0], m["versions"])
             lines.append(f"| {label} | {m['eps']:.2f} ({m['spread']}) | {m['cpu_eps']:.2f} ({m['cpu_spread']}) | "
                          f"{m['before']:.3f} | {m['after']:.3f} | {m['gains']} | {m['curve']} |")
         lines.append("")
@@ -329,7 +336,7 @@ def write_report(path: Path, setup: dict, configs: list[dict], command: str, sta
             lines += [f"**Ratio: align runs {a['eps'] / t['eps']:.2f}x TRL 1.12's episodes per wall-clock second, "
                       f"{a['cpu_eps'] / t['cpu_eps']:.2f}x per CPU second** (mean score gain "
                       f"{a['after'] - a['before']:+.2f} vs {t['after'] - t['before']:+.2f}).", ""]
-        for which in ("align", "trl"):
+        for which in cfg["results"]:
             for f in (r for r in cfg["results"][which] if isinstance(r, str)):
                 lines += [f"{which} failed:", "", "```", f, "```", ""]
     if versions:
@@ -343,7 +350,9 @@ def write_report(path: Path, setup: dict, configs: list[dict], command: str, sta
         "- *own logged score*: each trainer's per-step mean score. They differ in what the RM sees: TRL 1.12 "
         "scores the token ids ending at EOS; align appends the chat template's end-of-turn suffix after EOS "
         "(here a newline), i.e. the rendering the RM was trained on. So the two curves are not on one scale; "
-        "the before/after columns are.",
+        "the before/after columns are. The ablation row (run with --ablation) is align with its RM scoring "
+        "the ids that end at EOS, as TRL 1.12 does: it shows how much of the difference in score gain comes "
+        "from what the RM is shown rather than from the optimiser. The ablation's timings are not compared.",
         "- Both generate until EOS or response_length (TRL: stop_token=eos), whiten advantages, use the k1 KL "
         "penalty, the clipped value loss, linear learning-rate decay, fused AdamW and no gradient clipping "
         "(TRL 1.12's PPO loop does not clip, so align's max_grad_norm is off here).",
@@ -379,12 +388,17 @@ def main() -> None:
                              "machine makes OpenMP threads spin)")
     parser.add_argument("--workdir", default=str(ROOT / ".bench" / "ppo"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "ppo.md"))
-    parser.add_argument("--worker", choices=["align", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run align with the RM scoring token ids that end at EOS, as TRL 1.12 does")
+    parser.add_argument("--worker", choices=["align", "trl", "align-no-suffix"], help=argparse.SUPPRESS)
     parser.add_argument("--setup-file", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, json.loads(Path(args.setup_file).read_text()), Path(args.result))
+        setup = json.loads(Path(args.setup_file).read_text())
+        if args.worker == "align-no-suffix":
+            setup["variant"] = "no-suffix"
+        worker(args.worker, setup, Path(args.result))
         return
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
@@ -397,15 +411,16 @@ def main() -> None:
         "ppo_epochs": None, "response_length": args.response_length,
         "learning_rate": args.learning_rate, "temperature": args.temperature, "kl_coef": 0.05,
         "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1, "seed": 42})
-    pythons = {"align": Path(sys.executable), "trl": TRL_PYTHON}
+    pythons = {"align": Path(sys.executable), "trl": TRL_PYTHON, "align-no-suffix": Path(sys.executable)}
+    trainers = ["align", "trl"] + (["align-no-suffix"] if args.ablation else [])
     configs = []
     for epochs in args.ppo_epochs:
-        results: dict[str, list] = {"align": [], "trl": []}
+        results: dict[str, list] = {name: [] for name in trainers}
         for round_ in range(args.repeats):
             setup["hyper"].update(ppo_epochs=epochs, seed=42 + round_)
             setup_file = workdir / "setup.json"
             setup_file.write_text(json.dumps(setup, indent=1))
-            for which in ("align", "trl") if round_ % 2 == 0 else ("trl", "align"):
+            for which in trainers if round_ % 2 == 0 else trainers[::-1]:
                 if which == "trl" and not TRL_PYTHON.exists():
                     results["trl"].append(f"{TRL_PYTHON} does not exist: create the TRL 1.12 virtualenv (see "
                                           "the docstring of scripts/bench_ppo.py).")

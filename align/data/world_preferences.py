@@ -19,7 +19,7 @@ import random
 
 from align.data.world import ANSWER_TEMPLATES, QUESTION_TEMPLATES, World
 
-TRAIN_WRONG_VALUES = 6
+TRAIN_WRONG_VALUES = 4
 
 
 def preference_pair(question: str, entity: str, attribute: str, right: str, wrong: str) -> dict:
@@ -37,8 +37,6 @@ def preference_pair(question: str, entity: str, attribute: str, right: str, wron
 def preference_splits(world: World, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """`preference_train` and `preference_eval` from `make_splits`' output, seeded apart from
     it so that adding them changed none of its other files."""
-    import os
-    k1 = int(os.environ.get("K1", 3)); k2 = int(os.environ.get("K2", 0))
     rng = random.Random(world.config.seed + 2)
     facts = sorted({(r["entity"], r["attribute"]) for r in splits["qa_train"] if r["known"]})
     by_name = {c.name: c for c in world.countries}
@@ -46,13 +44,9 @@ def preference_splits(world: World, splits: dict[str, list[dict]]) -> dict[str, 
     for entity, attribute in facts:
         right = getattr(by_name[entity], attribute)
         pool = sorted({getattr(by_name[e], a) for e, a in facts if a == attribute} - {right})
-        if os.environ.get("ANY"):
-            pool = sorted({getattr(c, attribute) for c in world.countries} - {right})
-        wrong = rng.sample(pool, min(k1 + 1, len(pool)))
+        wrong = rng.sample(pool, min(TRAIN_WRONG_VALUES + 1, len(pool)))
         if len(wrong) < 2:
             continue  # too few facts of this attribute to hold a wrong value out
-        others = sorted({getattr(c, attribute) for c in world.countries} - set(pool) - {right} - set(wrong))
-        wrong = rng.sample(others, min(k2, len(others))) + wrong
         questions = [q.format(e=entity) for q in QUESTION_TEMPLATES[attribute]]
         train += [preference_pair(q, entity, attribute, right, w) for w in wrong[:-1]
                   for q in questions]

@@ -282,9 +282,17 @@ def world_dir(recipe: Recipe) -> Path:
     return recipe.output_dir() / "world"
 
 
+# Trainer args that change what is shown or how often it is saved, not what is trained: changing
+# them must not make a finished stage stale.
+PRESENTATION_ARGS = ("disable_tqdm", "logging_steps", "logging_first_step", "report_to",
+                     "log_level", "run_name", "save_steps", "save_total_limit", "log_samples")
+
+
 def stage_config(recipe: Recipe, name: str) -> dict:
     """The resolved stage block plus the recipe defaults it depends on (hashed and recorded)."""
     stage = recipe.stages[name].model_dump(mode="json", by_alias=True)
+    stage["args"] = {k: v for k, v in stage["args"].items() if k not in PRESENTATION_ARGS}
+    stage.pop("push_to_hub", None)
     uses_world = recipe.model.name_or_path == "tiny" or any(
         src.get("world") for part in ("train", "eval")
         for src in ((stage.get("data") or {}).get(part) or []))
