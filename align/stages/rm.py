@@ -22,6 +22,7 @@ TASK = "sequence-classification"
 
 
 def run(ctx: StageContext):
+    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
     from align.modeling import count_trainable, freeze_bottom_layers, peft_config
@@ -33,6 +34,8 @@ def run(ctx: StageContext):
     args = ctx.training_args(RewardConfig, has_eval=evaluation is not None,
                              bf16=ctx.recipe.model.dtype == "bfloat16")
 
+    # The new score head is drawn at random when the model loads: seed it, or reruns differ.
+    set_seed(ctx.recipe.seed)
     model = ctx.load_start_model(task=TASK, quantized=method.type == "qlora")
     # The head reads the last non-pad token, so the model must know the pad id.
     model.config.pad_token_id = tokenizer.pad_token_id
