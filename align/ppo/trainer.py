@@ -41,7 +41,6 @@ from align.ppo.core import (
     explained_variance,
     kl_estimate,
     logprobs_from_logits,
-    masked_mean,
     masked_whiten,
 )
 from align.ppo.rewards import (
