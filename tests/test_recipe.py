@@ -163,3 +163,21 @@ def test_every_shipped_recipe_validates():
     assert recipes
     for path in recipes:
         validate_recipe(str(path))
+
+
+def test_every_shipped_profile_validates_and_launches_through_accelerate():
+    from align.runner import PROFILE_DIR, is_single_process, launch_command, profile_path
+    from align.validate import validate_recipe
+
+    recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml")
+    profiles = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    assert {"cpu", "cpu-ddp", "ddp", "zero2", "zero3", "fsdp", "fsdp-qlora"} <= set(profiles)
+    for name in profiles:
+        validate_recipe(recipe, accelerate=name)
+        profile = profile_path(name)
+        assert is_single_process(profile) == (name == "cpu")
+        cmd = launch_command(recipe, "sft", ["seed=1"], profile)
+        assert cmd[1:6] == ["-m", "accelerate.commands.launch", "--config_file", str(profile), "-m"]
+        assert cmd[6:] == ["align", "stage", recipe, "--stage", "sft", "seed=1"]
+    with pytest.raises(Exception, match="unknown accelerate profile 'zero4'.*zero3"):
+        profile_path("zero4")
