@@ -4,14 +4,17 @@ The policy is the upstream model exactly: `ctx.load_start_model` merges an upstr
 into its base in the compute dtype (a QLoRA upstream's base is reloaded unquantised first).
 DPO and KTO measure the policy against a reference, and the reference IS that upstream model:
 
-- lora / qlora: TRL gets a `peft_config`, wraps the policy in a fresh adapter and computes the
-  reference with the adapter disabled: the same weights, no second copy. (With qlora those
-  weights are the 4-bit quantisation of the upstream model, as is the policy's start.)
+- lora: TRL gets a `peft_config`, wraps the policy in a fresh adapter and computes the reference
+  with the adapter disabled: the same weights, no second copy.
+- qlora: the same, so the reference is the 4-bit quantisation of the upstream model, which is
+  also where the policy starts (on the tiny model it is ~0.6 nats per sequence from the exact
+  upstream; tests/test_handoff.py measures it).
 - full / freeze: a second copy loaded the same way is passed as `ref_model`. Left to itself TRL
   would reload `config._name_or_path`, which for a merged LoRA upstream is the raw base.
 
-ORPO has no reference. After training, the chosen-over-rejected log-prob margin on held-out
-pairs is measured for the starting model and the trained one (`heldout_margin_sft`,
+ORPO has no reference (TRL's experimental ORPOTrainer tokenises on its own: it prepends BOS and
+appends EOS when the chat template does not). Before and after training, the chosen-over-
+rejected log-prob margin on held-out pairs is measured on the policy (`heldout_margin_sft`,
 `heldout_margin`), so every run shows whether preference training moved what it should.
 """
 

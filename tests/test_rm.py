@@ -1,0 +1,88 @@
+"""The reward model on the tiny model: trained from the SFT model on the world's preference pairs,
+it ranks held-out pairs (a wrong value no training pair used) above chance, its artifact reloads
+to the very scores its metrics were computed from, and a LoRA reward model round-trips too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.artifacts import load_artifact
+from align.modeling import load_artifact_model, load_tokenizer
+from align.runner import run_recipe
+from align.stages.rm import score_conversations, score_statistics
+from preference_pipeline import (QUIET, derived_recipe, preference_run, torch_threads,
+                                 world_rows)
+
+# A 1M-parameter reward model generalises to unseen wrong values only so far: across seeds and
+# settings we measured 0.71 to 0.96 held-out accuracy (24 pairs; chance is 0.5). The bound is set
+# where a broken reward model (a random head, scores on the wrong token) cannot reach.
+MIN_HELDOUT_ACCURACY = 0.65
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return preference_run(tmp_path_factory)
+
+
+def rescore(artifact, rows):
+    """Score pairs with the reward model as its artifact reloads, outside the stage."""
+    artifact = load_artifact(artifact.path)
+    model = load_artifact_model(artifact)
+    tokenizer = load_tokenizer(artifact.path / artifact.manifest.tokenizer)
+    chosen = score_conversations(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows])
+    rejected = score_conversations(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows])
+    return score_statistics(chosen, rejected), chosen, rejected
+
+
+def test_reward_model_ranks_heldout_pairs(run):
+    artifact = run["artifacts"]["rm"]
+    metrics = artifact.manifest.metrics
+    print(f"RM held-out accuracy {metrics['accuracy']:.3f}, margin {metrics['margin']:.3f}, "
+          f"scores {metrics['score_mean']:.3f} ± {metrics['score_std']:.3f}")
+    assert artifact.manifest.model.task == "sequence-classification"
+    assert metrics["scored_on"] == "eval"
+    heldout = world_rows(run, "preference_eval")
+    assert metrics["eval_pairs"] == len(heldout) == 24
+    assert metrics["accuracy"] >= MIN_HELDOUT_ACCURACY
+    assert metrics["margin"] > 0.5
+    assert metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]
+
+    # The artifact is the model the metrics describe: reloaded, it gives the same numbers, and
+    # PPO's normalisation statistics are those of its held-out scores.
+    again, chosen, rejected = rescore(artifact, heldout)
+    for key in ("accuracy", "margin", "score_mean", "score_std"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-4), key
+    assert metrics["score_std"] > 0.1
+    stored = [json.loads(line) for line in artifact.file("scores").read_text().splitlines()]
+    assert [s["score_chosen"] for s in stored] == pytest.approx(chosen, abs=1e-4)
+
+
+def test_reward_model_learned_its_training_pairs(run):
+    """Held-out accuracy is the test of generalisation; this one shows the training worked."""
+    stats, _, _ = rescore(run["artifacts"]["rm"], world_rows(run, "preference_train"))
+    assert stats["accuracy"] >= 0.95
+
+
+def test_lora_reward_model_saves_an_adapter_with_its_head(tmp_path_factory):
+    stage = {"kind": "rm", "from": "sft", "method": {"type": "lora", "lora": {"r": 8, "alpha": 16}},
+             "data": {"train": "world:preference_train", "eval": "world:preference_eval"},
+             "args": {**QUIET, "max_steps": 10, "learning_rate": 3e-3,
+                      "per_device_train_batch_size": 16}}
+    path = derived_recipe(tmp_path_factory, {"rm_lora": stage}, "rm_lora", keep=("pretrain", "sft"))
+    artifact = run_recipe(path, only=["pretrain", "sft", "rm_lora"])["rm_lora"]
+    ref = artifact.manifest.model
+    assert (ref.type, ref.method, ref.task) == ("adapter", "lora", "sequence-classification")
+    # The adapter sits on the SFT artifact; the trained score head travels with the adapter
+    # (a head drawn anew at load time would not reproduce the stored scores).
+    assert load_artifact(artifact.path / ref.base).name == "sft"
+    again, _, _ = rescore(artifact, world_rows(preference_run(tmp_path_factory), "preference_eval"))
+    for key in ("accuracy", "margin", "score_mean", "score_std"):
+        assert again[key] == pytest.approx(artifact.manifest.metrics[key], abs=1e-4), key
