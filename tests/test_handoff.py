@@ -126,8 +126,10 @@ def test_reference_is_the_sft_model(recipe, name, upstream):
         policy = independent_logps(trainer.model, batch)
         assert (policy - ref).abs().max().item() > 100 * TOLERANCE
     else:
-        # Full fine-tuning: a separate reference copy, not the policy object.
+        # Full fine-tuning: a separate reference copy, not the policy object. Without it TRL
+        # would reload `config._name_or_path`: the base the SFT adapter sits on, not the SFT model.
         assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
+        assert Path(trainer.model.config._name_or_path).parent.name == "pretrain"
 
 
 def test_qlora_upstream_is_merged_in_float32_not_4bit(recipe):

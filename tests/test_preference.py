@@ -1,28 +1,30 @@
 """DPO, KTO and ORPO on the tiny model, each starting from the SFT model of the preference recipe:
 the chosen-over-rejected log-prob margin on held-out pairs rises above the SFT model's, measured
-here from the artifacts alone; the recipe prints the table; the world's pairs are what they
-claim to be."""
+here from the artifacts alone; the recipe prints the table; every kind also trains with full
+weights and with QLoRA and reloads; the world's pairs are what they claim to be."""
 
 from __future__ import annotations
 
 import io
-from collections import Counter
+import math
 from contextlib import redirect_stdout
 
 import pytest
 
 from align.artifacts import load_artifact
 from align.data.formats import convert_rows
-from align.data.world import ANSWER_TEMPLATES, WorldConfig, build_world, make_splits
+from align.data.world import (ANSWER_TEMPLATES, QUESTION_TEMPLATES, WorldConfig, build_world,
+                              make_splits)
 from align.modeling import load_artifact_model, load_tokenizer
 from align.runner import run_recipe
 from align.stages.preference import heldout_margin
 from align.validate import validate_recipe
 from conftest import SMALL_WORLD
-from preference_pipeline import RECIPE, TRAINED, overrides, preference_run, torch_threads, world_rows
+from preference_pipeline import (RECIPE, TRAINED, derived_recipe, overrides, preference_run,
+                                 torch_threads, world_rows)
 
-# The smallest rise that counts: the held-out margins are sums over ~10 answer tokens and move by
-# 0.3 (ORPO) to 3.5 (DPO) nats in the test-size run; float noise is ~1e-5.
+# The smallest rise that counts. The held-out margins are sums over ~10 answer tokens; in the
+# test-size run the SFT model's 3.18 nats rose by 0.46 (DPO), 0.33 (KTO) and 0.30 (ORPO).
 MIN_RISE = 0.1
 
 
@@ -45,12 +47,24 @@ def sft_margin(run):
                           world_rows(run, "preference_eval"))
 
 
+def greedy_recall(artifact, rows) -> float:
+    """Share of questions whose greedy answer states the chosen (true) sentence."""
+    from align.generation import generate_answers
+
+    artifact = load_artifact(artifact.path)
+    tokenizer = load_tokenizer(artifact.path / artifact.manifest.tokenizer)
+    answers = generate_answers(load_artifact_model(artifact), tokenizer,
+                               [r["prompt"][0]["content"] for r in rows], max_new_tokens=24)
+    return sum(r["chosen"][0]["content"].rstrip(".") in a[0]
+               for r, a in zip(rows, answers)) / len(rows)
+
+
 @pytest.mark.parametrize("kind", ["dpo", "kto", "orpo"])
 def test_stage_raises_the_heldout_margin_over_sft(run, sft_margin, kind):
     artifact = load_artifact(run["artifacts"][kind].path)
     ref, metrics = artifact.manifest.model, artifact.manifest.metrics
     assert (ref.type, ref.method, ref.task) == ("adapter", "lora", "causal-lm")
-    assert load_artifact(artifact.path / ref.base).name == "sft"  # the adapter sits on the SFT model
+    assert load_artifact(artifact.path / ref.base).name == "sft"  # the adapter is on the SFT model
 
     tokenizer = load_tokenizer(artifact.path / artifact.manifest.tokenizer)
     trained = heldout_margin(load_artifact_model(artifact), tokenizer,
@@ -64,6 +78,14 @@ def test_stage_raises_the_heldout_margin_over_sft(run, sft_margin, kind):
     assert metrics["heldout_margin_sft"] == pytest.approx(sft_margin["margin"], abs=1e-3)
     assert metrics["heldout_margin"] == pytest.approx(trained["margin"], abs=1e-3)
     assert metrics["heldout_pairs"] == 24
+
+    # A margin can also grow by wrecking the model (both answers' log-probs falling, the rejected
+    # faster): the trained model must still say the true fact about as often as the SFT model.
+    rows = world_rows(run, "preference_eval")
+    sft_recall = greedy_recall(run["artifacts"]["sft"], rows)
+    recall = greedy_recall(artifact, rows)
+    print(f"{kind}: greedy answers state the true fact {sft_recall:.3f} -> {recall:.3f}")
+    assert recall >= sft_recall - 0.1
 
 
 def test_recipe_prints_the_heldout_table_and_reruns_as_up_to_date(run):
@@ -112,11 +134,48 @@ def test_world_pairs_differ_only_in_a_value_another_fact_holds():
     for pair in heldout:
         wrongs = seen[(pair["entity"], pair["attribute"])]
         assert wrongs.count(wrongs[-1]) == 1
-    # Each fact's training pairs ask in every phrasing, so the held-out pair's question is known.
-    questions = Counter((p["entity"], p["attribute"], p["prompt"][0]["content"]) for p in train)
-    assert len({(e, a) for e, a, _ in questions}) == len(sft_facts)
+    # Each fact's training pairs ask in every phrasing: what is held out is the wrong value.
+    asked = {}
+    for pair in train:
+        fact = (pair["entity"], pair["attribute"])
+        asked.setdefault(fact, set()).add(pair["prompt"][0]["content"])
+    for (entity, attribute), questions in asked.items():
+        assert questions == {q.format(e=entity) for q in QUESTION_TEMPLATES[attribute]}
 
     # They feed every preference target: pairs as they are, KTO rows doubled (chosen first).
     assert len(convert_rows(train, source="t", target="preference").rows) == len(train)
     kto = convert_rows(train, source="t", target="unpaired").rows
     assert len(kto) == 2 * len(train) and kto[0]["label"] and not kto[1]["label"]
+
+
+METHOD_STAGES = {f"{kind}_{method}": {
+    "kind": kind, "from": "sft", "method": {"type": method, "lora": {"r": 8, "alpha": 16}},
+    "data": {"train": "world:preference_train", "eval": "world:preference_eval"},
+    "args": {"disable_tqdm": True, "save_steps": 1000, "max_steps": 2,
+             "per_device_train_batch_size": 8, "learning_rate": 1e-4}}
+    for kind in ("dpo", "kto", "orpo", "rm") for method in ("full", "qlora")
+    if (kind, method) != ("rm", "full")}  # the preference run trains a full reward model
+
+
+@pytest.fixture(scope="module")
+def methods(tmp_path_factory):
+    path = derived_recipe(tmp_path_factory, METHOD_STAGES, "methods", keep=("pretrain", "sft"))
+    return run_recipe(path, only=["pretrain", "sft", *METHOD_STAGES])
+
+
+@pytest.mark.parametrize("name", list(METHOD_STAGES))
+def test_every_method_trains_saves_and_reloads(methods, name):
+    """Two steps of each kind with full weights and with QLoRA: the artifact says what it holds
+    and loads back (a QLoRA adapter onto the float32 merge of its upstream, kept in `base`)."""
+    artifact = load_artifact(methods[name].path)
+    ref, kind = artifact.manifest.model, artifact.manifest.kind
+    method = name.split("_")[1]
+    assert (ref.type, ref.method) == ("full" if method == "full" else "adapter", method)
+    assert ref.task == ("sequence-classification" if kind == "rm" else "causal-lm")
+    if method == "qlora":
+        # The upstream is a full model, so the 4-bit base was quantised from its weights and the
+        # adapter's base is that artifact.
+        assert load_artifact(artifact.path / ref.base).name == "sft"
+    model = load_artifact_model(artifact)
+    assert not getattr(model, "is_loaded_in_4bit", False)
+    assert math.isfinite(artifact.manifest.metrics["accuracy" if kind == "rm" else "heldout_margin"])

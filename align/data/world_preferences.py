@@ -1,4 +1,4 @@
-"""Preference pairs from the embedded world: the true fact over the same sentence with a wrong value.
+"""Preference pairs from the embedded world: a true fact over the same sentence, wrong value.
 
 The pairs ask about the facts SFT taught (the known rows of `qa_train`). A rejected answer puts
 another of those facts' value of the same attribute into the sentence: fluent, plausible, a

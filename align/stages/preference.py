@@ -65,8 +65,9 @@ def run(ctx: StageContext):
         metrics.update(heldout_margin_sft=before["margin"], heldout_margin=after["margin"],
                        heldout_accuracy_sft=before["accuracy"], heldout_accuracy=after["accuracy"],
                        heldout_pairs=len(setup.heldout))
-        ctx.log(f"held-out margin {before['margin']:.3f} -> {after['margin']:.3f}, chosen preferred "
-                f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({len(setup.heldout)} pairs)")
+        ctx.log(f"held-out margin {before['margin']:.3f} -> {after['margin']:.3f}, chosen "
+                f"preferred {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
+                f"({len(setup.heldout)} pairs)")
     else:
         ctx.log("no held-out pairs (paired data.eval, or data.eval_fraction for dpo/orpo): the "
                 "margin is not measured")

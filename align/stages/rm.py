@@ -6,7 +6,9 @@ rejected one (full, freeze, lora or qlora). Afterwards it scores held-out pairs,
 artifact keeps what later stages rely on: `accuracy` (chosen scored above rejected), `margin`
 (mean chosen - rejected) and `score_mean` / `score_std` over every held-out score, which PPO
 uses to normalise rewards. The held-out pairs are the stage's eval data, or `eval_fraction` of
-its training rows; without either the training pairs are scored and `scored_on` says so.
+its training rows; without either the training pairs are scored and `scored_on` says so. (They
+are scored by the model in memory: with qlora that is the 4-bit one, while the artifact reloads
+its adapter onto unquantised weights, so its scores differ by the quantisation error.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def run(ctx: StageContext):
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from align.modeling import count_trainable, freeze_bottom_layers, peft_config
+    from align.modeling import count_trainable, freeze_bottom_layers, peft_config, torch_dtype
 
     method = ctx.stage.method
     tokenizer = ctx.load_tokenizer()
@@ -44,6 +46,13 @@ def run(ctx: StageContext):
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                             processing_class=tokenizer, peft_config=peft_config(method, task=TASK),
                             callbacks=ctx.callbacks())
+    if method.type == "qlora":
+        # TRL casts every trainable parameter of a 4-bit model to bf16; LoRA layers cast their
+        # input to match, the new score head (a plain Linear) does not: keep it in compute dtype.
+        compute = torch_dtype(method.quantization.compute_dtype)
+        for name, param in trainer.model.named_parameters():
+            if param.requires_grad and "lora_" not in name:
+                param.data = param.data.to(compute)
     trainable, total = count_trainable(trainer.model)
     ctx.log(f"{method.type}: {trainable:,} of {total:,} parameters train; {len(train)} train pairs"
             + (f", {len(evaluation)} eval pairs" if evaluation else ""))
