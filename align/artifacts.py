@@ -86,12 +86,23 @@ class Artifact:
         if role not in self.manifest.files:
             raise AlignError(f"artifact '{self.name}' ({self.path}) has no '{role}' file; it has: "
                              f"{', '.join(sorted(self.manifest.files)) or 'none'}.")
-        return self.path / self.manifest.files[role]
+        return inside(self.path, self.manifest.files[role], f"artifact '{self.name}' file '{role}'")
 
     def model_path(self) -> Path:
         if not self.manifest.model:
             raise AlignError(f"artifact '{self.name}' ({self.path}) holds no model.")
-        return self.path / self.manifest.model.path
+        return inside(self.path, self.manifest.model.path, f"artifact '{self.name}' model")
+
+
+def inside(root: Path, relative: str, what: str) -> Path:
+    """`root / relative`, refused when it resolves outside `root` (`..`, an absolute path, or a
+    symlink pointing elsewhere): a manifest must not make a stage read files the recipe never
+    named."""
+    path = Path(root) / relative
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise AlignError(f"{what} is '{relative}', which points outside {root}; an artifact may "
+                         "only name files inside its own directory. Rebuild it with `align run`.")
+    return path
 
 
 def library_versions() -> dict[str, str]:

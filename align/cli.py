@@ -169,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def recipe_args(p, optional=False):
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got '{text}'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
         if optional:
             p.add_argument("recipe", nargs="?", help=f"recipe YAML (default: {DEFAULT_RECIPE})")
         else:
@@ -208,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "embedded world (cached by settings).")
     p.add_argument("--out", help="output directory (default: the cache)")
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--entities", type=int, default=160)
+    p.add_argument("--entities", type=positive_int, default=160)
     p.set_defaults(func=cmd_tiny)
 
     p = sub.add_parser("eval", help="honesty evaluation of model artifacts on labelled QA",
@@ -218,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifacts", nargs="+", help="artifact directories, e.g. runs/x/sft runs/x/dpo")
     p.add_argument("--data", required=True, help="JSONL/JSON/CSV/Parquet with question, answers, known")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("idk", help="\"I don't know\" data: `align idk build`")
@@ -231,10 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="the model artifact to probe (usually the sft stage)")
     p.add_argument("--data", required=True, help="QA file with question and answers columns")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--k", type=int, default=8, help="sampled answers per question")
+    p.add_argument("--k", type=positive_int, default=8, help="sampled answers per question")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--known-threshold", type=float, default=0.5)
-    p.add_argument("--unknown-threshold", type=float, default=0.1)
+    p.add_argument("--known-threshold", type=probability, default=0.5)
+    p.add_argument("--unknown-threshold", type=probability, default=0.1)
     p.add_argument("--grey", choices=["drop", "confidence"], default="drop")
     p.set_defaults(func=cmd_idk_build)
 

@@ -43,7 +43,11 @@ def resolve_base(recipe: "Recipe") -> str:
 def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(ref), trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(ref), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        refuse_remote_code(ref, exc)
+        raise
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -69,7 +73,19 @@ def load_full(ref: str | Path, *, task: str = "causal-lm", dtype=None, quantizat
     try:
         return _auto_class(task).from_pretrained(str(ref), **kw)
     except OSError as exc:
-        raise AlignError(f"could not load model weights from '{ref}': {exc}") from None
+        raise AlignError(f"could not load model weights from '{ref}': {exc}. align loads "
+                         "safetensors only (pickled .bin weights can run code when loaded).") from None
+    except ValueError as exc:
+        refuse_remote_code(ref, exc)
+        raise
+
+
+def refuse_remote_code(ref, exc: Exception) -> None:
+    """Turn transformers' refusal to run a model's own code into a recipe-level instruction."""
+    if "trust_remote_code" in str(exc):
+        raise AlignError(f"'{ref}' ships its own Python code, which align does not run unless "
+                         "the recipe says so: set `model.trust_remote_code: true` if you trust "
+                         "that code.") from None
 
 
 def artifact_base(artifact: Artifact) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -150,6 +151,21 @@ class MethodSpec(Strict):
     def _shorthand(cls, value):
         return {"type": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _settings_match_type(self):
+        """Settings of another method are contradictions, not silently ignored extras."""
+        for key, types_ in METHOD_SETTINGS.items():
+            if key in self.model_fields_set and self.type not in types_:
+                raise ValueError(f"`{key}` is a setting of method {' / '.join(types_)}, but the "
+                                 f"method is {self.type}; remove `{key}` or change `type`")
+        return self
+
+
+# Method settings and the method types they belong to.
+METHOD_SETTINGS = {"lora": ("lora", "qlora"), "quantization": ("qlora",),
+                   "trainable_layers": ("freeze",), "num_virtual_tokens": ("ptuning", "prefix"),
+                   "encoder_hidden_size": ("ptuning",)}
+
 
 class PushSpec(Strict):
     repo_id: str
@@ -256,6 +272,10 @@ def load_yaml(path: Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            raise RecipeError(f"{path}: unsupported YAML tag{where}: {problem}. Recipes are plain "
+                              "YAML (loaded safely: tags that build Python objects are refused); "
+                              "remove the tag.") from None
         raise RecipeError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping with `name` and `stages`")
@@ -272,7 +292,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
+HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+
+
+def check_no_secrets(data: Any, source: str, path: tuple = ()) -> None:
+    """A Hub token in a recipe would be copied into manifests and model cards: refuse it."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_no_secrets(value, source, (*path, str(key)))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_no_secrets(value, source, (*path, str(i)))
+    elif isinstance(data, str) and HUB_TOKEN.search(data):
+        raise RecipeError(f"{source}: '{'.'.join(path)}' holds what looks like a Hugging Face "
+                          "token. Recipes are copied into artifacts and model cards; give the "
+                          "token through the HF_TOKEN environment variable or `hf auth login`.")
+
+
 def build_recipe(data: dict, source: str = "<recipe>") -> Recipe:
+    check_no_secrets(data, source)
     check_keys(data, Recipe, [], source)
     try:
         recipe = Recipe.model_validate(data)
@@ -504,6 +542,14 @@ def check_stage_needs(recipe: Recipe, name: str, stage: Stage) -> None:
     if stage.kind in ("idk", "evaluate") and stage.method.type != "full":
         raise RecipeError(f"{src}: stages.{name}.method: a {stage.kind} stage trains nothing; "
                           "remove `method`.")
+    if stage.data is not None and not stage.data.eval and stage.data.eval_fraction == 0:
+        if stage.early_stopping_patience:
+            raise RecipeError(f"{src}: stages.{name}.early_stopping_patience needs eval data: add "
+                              "data.eval or data.eval_fraction, or remove it.")
+        if stage.args.get("eval_strategy", "no") != "no" and stage.kind != "ppo":
+            raise RecipeError(f"{src}: stages.{name}.args.eval_strategy is "
+                              f"'{stage.args['eval_strategy']}' but the stage has no eval data: "
+                              "add data.eval or data.eval_fraction, or remove it.")
     model_inputs = [u for u in stage.from_ if recipe.stages[u].kind in MODEL_KINDS]
     if stage.kind in ("rm", "dpo", "kto", "orpo", "ppo", "idk") and not model_inputs and \
             stage.kind != "rm":

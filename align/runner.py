@@ -89,6 +89,9 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None
+    from align.lineage import check_inputs
+
+    check_inputs(recipe, name, inputs)
     return inputs
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from align.artifacts import Artifact, Manifest, ModelRef, StageDirs, library_versions
 from align.errors import AlignError, DataError
+from align.data.lengths import PROMPTED_TARGETS
 from align.recipe import MODEL_KINDS, DataSource, Recipe, Stage
 
 # Trainer defaults that suit align's per-stage directories; any of them can be set in `args`.
@@ -106,8 +107,29 @@ class StageContext:
                 self.dropped_rows[name] = len(result.dropped)
                 self.log(f"dropped {len(result.dropped)} malformed rows of {name} "
                          f"(first: {result.dropped[0]})")
-            parts.append(result.rows)
+            converted = result.rows
+            if target in PROMPTED_TARGETS:
+                converted = self.rows_that_fit(converted, len(rows), result.dropped, name)
+            parts.append(converted)
         return mix(parts, self.recipe.seed)
+
+    def rows_that_fit(self, converted: list[dict], n_source: int, problems, name: str) -> list[dict]:
+        """Refuse (or drop) rows whose prompt alone reaches the stage's max_length."""
+        from align.data.lengths import check_prompt_lengths, source_row_numbers, stage_max_length
+        from align.recipe import config_class
+
+        tokenizer = self.load_tokenizer()
+        limit = stage_max_length(self.stage.args, config_class(self.stage.kind), tokenizer)
+        if limit is None:
+            return converted
+        numbers = source_row_numbers(n_source, {p.row for p in problems}, len(converted))
+        kept, dropped = check_prompt_lengths(converted, numbers, tokenizer, limit, name,
+                                             self.stage.data.on_error,
+                                             f"stages.{self.name}.args.max_length")
+        if dropped:
+            self.dropped_rows[name] = self.dropped_rows.get(name, 0) + dropped
+            self.log(f"dropped {dropped} rows of {name} whose prompt reaches max_length {limit}")
+        return kept
 
     def datasets(self, target: str):
         """(train, eval or None) as `datasets.Dataset`, eval from sources or a seeded split."""

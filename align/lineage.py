@@ -1,0 +1,84 @@
+"""Upstream artifacts a stage is about to use must come from the model the recipe names.
+
+`align run` rebuilds a stale upstream stage before using it, but `align stage` (what
+`accelerate launch` runs) and a run directory shared by two recipes can meet an artifact that
+was trained from another base model, or whose tokenizer differs from the other inputs': its
+token ids would mean other words. Both are refused with the artifact's path and what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from align.artifacts import Artifact
+from align.errors import AlignError
+from align.recipe import MODEL_KINDS, Recipe
+
+# The parts of the recipe's `model` block that decide which weights and tokenizer a lineage has.
+IDENTITY_KEYS = ("name_or_path", "revision", "tiny")
+
+
+def base_identity(model: dict, world: dict | None) -> dict:
+    identity = {k: model.get(k) for k in IDENTITY_KEYS}
+    if model.get("name_or_path") == "tiny":
+        identity["world"] = world or {}  # the tiny model's tokenizer is trained on the world
+    return identity
+
+
+def describe(identity: dict) -> str:
+    parts = [f"'{identity['name_or_path']}'"]
+    parts += [f"{k} {identity[k]}" for k in ("revision", "tiny", "world") if identity.get(k)]
+    return ", ".join(parts)
+
+
+def check_base_model(recipe: Recipe, stage: str, upstream: str, artifact: Artifact) -> None:
+    recorded = (artifact.manifest.config or {}).get("model")
+    if not isinstance(recorded, dict):
+        return  # an artifact of an older format: nothing to compare
+    have = base_identity(recorded, (artifact.manifest.config or {}).get("world"))
+    want = base_identity(recipe.model.model_dump(mode="json"), recipe.world)
+    if have != want:
+        raise AlignError(f"stage '{stage}' would start from the artifact of stage '{upstream}' at "
+                         f"{artifact.path}, built from base model {describe(have)}, but "
+                         f"{recipe.source} names base model {describe(want)}. Rerun `align run "
+                         f"{recipe.source}` to rebuild it, or give this recipe another run_dir.")
+
+
+def tokenizer_fingerprint(artifact: Artifact) -> str | None:
+    """Hash of the vocabulary and added tokens (what token ids mean), or None if unknown."""
+    if not artifact.manifest.tokenizer:
+        return None
+    file = artifact.path / artifact.manifest.tokenizer / "tokenizer.json"
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text())
+    vocab = (data.get("model") or {}).get("vocab")
+    added = sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens") or [])
+    blob = json.dumps([vocab, added], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_tokenizers(stage: str, inputs: dict[str, Artifact]) -> None:
+    seen: dict[str, tuple[str, Artifact]] = {}
+    for name, artifact in inputs.items():
+        if artifact.manifest.kind not in MODEL_KINDS:
+            continue
+        fingerprint = tokenizer_fingerprint(artifact)
+        if fingerprint is None:
+            continue
+        for other, (theirs, other_artifact) in seen.items():
+            if theirs != fingerprint:
+                raise AlignError(
+                    f"stage '{stage}' uses the artifacts of stages '{other}' "
+                    f"({other_artifact.path}) and '{name}' ({artifact.path}), whose tokenizers "
+                    "differ (another vocabulary): the same token ids would mean different words. "
+                    "Train both from the same base model; rerun `align run` to rebuild them.")
+        seen[name] = (fingerprint, artifact)
+
+
+def check_inputs(recipe: Recipe, stage: str, inputs: dict[str, Artifact]) -> None:
+    for upstream, artifact in inputs.items():
+        if artifact.manifest.kind in MODEL_KINDS:
+            check_base_model(recipe, stage, upstream, artifact)
+    check_tokenizers(stage, inputs)
