@@ -157,18 +157,6 @@ def run_report_of(artifact: str) -> str | None:
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="align", description="Staged alignment recipes: SFT, reward models, PPO, DPO, KTO, "
-        "ORPO, and honesty (\"I don't know\") data, on transformers, TRL, PEFT and accelerate.",
-        epilog="Examples:\n  align run                                  # the default recipe "
-        "(tiny model, CPU)\n  align run recipes/tiny/sft.yaml stages.sft.args.learning_rate=1e-4\n"
-        "  align validate recipes/my.yaml\n  align ls",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def recipe_args(p, optional=False):
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -189,6 +177,18 @@ def probability(text: str) -> float:
     return value
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="align", description="Staged alignment recipes: SFT, reward models, PPO, DPO, KTO, "
+        "ORPO, and honesty (\"I don't know\") data, on transformers, TRL, PEFT and accelerate.",
+        epilog="Examples:\n  align run                                  # the default recipe "
+        "(tiny model, CPU)\n  align run recipes/tiny/sft.yaml stages.sft.args.learning_rate=1e-4\n"
+        "  align validate recipes/my.yaml\n  align ls",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def recipe_args(p, optional=False):
         if optional:
             p.add_argument("recipe", nargs="?", help=f"recipe YAML (default: {DEFAULT_RECIPE})")
         else:
