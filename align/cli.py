@@ -46,11 +46,23 @@ def cmd_stage(args) -> int:
     if args.stage not in recipe.stages:
         raise AlignError(f"no stage '{args.stage}' in {args.recipe}; stages: "
                          f"{', '.join(recipe.stages)}")
-    if not os.environ.get("ALIGN_LAUNCHED"):
+    from align.stages.context import process_state
+
+    state = process_state()
+    launched_by_run = bool(os.environ.get("ALIGN_LAUNCHED"))  # `align run` did both already
+    if not launched_by_run and state.is_main_process:
         from align.runner import prepare_world
 
-        prepare_world(recipe)
-    execute_stage(recipe, args.stage)
+        prepare_world(recipe)  # one writer; the other ranks wait below
+    state.wait_for_everyone()
+    from align.runner import current_artifact
+
+    was_current = current_artifact(recipe, args.stage) is not None
+    artifact = execute_stage(recipe, args.stage)
+    if not (launched_by_run or was_current) and state.is_main_process and artifact is not None:
+        from align.runner import push_stage
+
+        push_stage(recipe, args.stage, artifact)
     return 0
 
 

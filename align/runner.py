@@ -97,18 +97,25 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
 
 # -- one stage ---------------------------------------------------------------------------------
 
+def current_artifact(recipe: Recipe, name: str):
+    """The stage's finished artifact when it is up to date (same hash), else None."""
+    inputs = finished_inputs(recipe, name)
+    digest = stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
+    return StageDirs(recipe.output_dir(), name).finished(digest)
+
+
 def execute_stage(recipe: Recipe, name: str):
     """Run one stage in this process (also what `accelerate launch ... align stage` calls)."""
     from align.modeling import resolve_base
     from align.stages import stage_module
     from align.stages.context import StageContext
 
+    finished = current_artifact(recipe, name)
+    if finished:
+        return finished
     inputs = finished_inputs(recipe, name)
     digest = stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
     dirs = StageDirs(recipe.output_dir(), name)
-    finished = dirs.finished(digest)
-    if finished:
-        return finished
     from align.stages.context import process_state
 
     state = process_state()
@@ -218,17 +225,22 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
                     raise StageFailed(name, proc.returncode)
                 artifact = load_artifact(dirs.final)
             results[name] = artifact
-            push = recipe.stages[name].push_to_hub
-            if push is not None:
-                from align.hub import push_artifact
-
-                # The runner is one process whatever the profile: the push happens once.
-                pushed = push_artifact(artifact.path, push.repo_id, private=push.private,
-                                       revision=push.revision)
-                print(f"{tag} {name}: pushed to {pushed.repo_id} ({pushed.commit_url})", flush=True)
+            # The runner is one process whatever the profile: the push happens once.
+            push_stage(recipe, name, artifact, tag)
             print(f"{tag} " + one_line(name, artifact.manifest.kind, artifact.manifest.metrics,
                                        time.time() - start), flush=True)
     return results
+
+
+def push_stage(recipe: Recipe, name: str, artifact, tag: str = "") -> None:
+    """The stage's `push_to_hub`, if it has one. Call it from one process only."""
+    push = recipe.stages[name].push_to_hub
+    if push is None:
+        return
+    from align.hub import push_artifact
+
+    pushed = push_artifact(artifact.path, push.repo_id, private=push.private, revision=push.revision)
+    print(f"{tag} {name}: pushed to {pushed.repo_id} ({pushed.commit_url})".lstrip(), flush=True)
 
 
 class StageFailed(AlignError):

@@ -1,4 +1,11 @@
-"""Two CPU processes through `accelerate launch` (profile cpu-ddp): real data parallelism."""
+"""Two CPU processes through `accelerate launch` (profile cpu-ddp): real data parallelism.
+
+One recipe runs SFT (full weights, eval split, early stopping), DPO (LoRA, reference = adapter
+disabled) and PPO (full policy, running score moments, adaptive KL) on two processes. Each
+stage's manifest records the world size, whether both ranks ended with identical weights, and
+whether both ranks agree on the decisions they must share (step reached, best checkpoint,
+running reward moments, KL coefficient, logged scores).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +15,52 @@ import sys
 
 from conftest import write_recipe
 
+FAST = {"per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 2,
+        "disable_tqdm": True}
 
-def test_stages_run_data_parallel_on_two_processes(tmp_path, pretrained_tiny):
-    common = {"max_steps": 6, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
-              "save_steps": 3, "logging_steps": 2, "disable_tqdm": True}
-    stages = {"sft": {"kind": "sft", "data": "world:sft", "args": common},
-              "lora": {"kind": "sft", "from": "sft", "data": "world:sft", "method": "lora",
-                       "args": common}}
-    path = write_recipe(tmp_path, stages, model={"name_or_path": pretrained_tiny},
+
+def stages() -> dict:
+    return {
+        "sft": {"kind": "sft", "data": {"train": "world:sft", "eval_fraction": 0.1},
+                "early_stopping_patience": 1,
+                "args": {**FAST, "max_steps": 6, "save_steps": 2}},
+        "dpo": {"kind": "dpo", "from": "sft", "method": "lora",
+                "data": {"train": "world:preference_train", "eval": "world:preference_eval"},
+                "args": {**FAST, "max_steps": 4, "save_steps": 100, "max_length": 64}},
+        "ppo": {"kind": "ppo", "from": "sft",
+                "data": {"train": {"world": "qa_train", "columns": {"question": "prompt"}}},
+                "args": {"rewards": [{"source": "align.ppo.rewards:correct_answer"}],
+                         "value_model": "policy", "score_normalization": "running",
+                         "adaptive_kl": True, "kl_target": 0.5,
+                         "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
+                         "total_episodes": 24, "response_length": 8, "learning_rate": 1e-4,
+                         "save_steps": 2, "disable_tqdm": True}},
+    }
+
+
+def test_sft_dpo_ppo_run_data_parallel_on_two_processes(tmp_path, pretrained_tiny):
+    path = write_recipe(tmp_path, stages(), model={"name_or_path": pretrained_tiny},
                         accelerate="cpu-ddp")
     proc = subprocess.run([sys.executable, "-m", "align", "run", path], capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"
-    for name in stages:
+    for name in stages():
         manifest = json.loads((run / name / "artifact.json").read_text())
-        assert manifest["metrics"]["world_size"] == 2
-        assert manifest["metrics"]["replicas_identical"] is True
+        metrics = manifest["metrics"]
+        assert metrics["world_size"] == 2, name
+        assert metrics["replicas_identical"] is True, name
+        assert metrics["ranks_agree"] is True, name
         # Exactly one manifest, written once, and no leftovers of the two processes.
-        assert len(list(run.glob(f"{name}*/artifact.json"))) == 1
-        assert not list(run.glob(f"{name}/.artifact.json.*.tmp"))
+        assert len(list(run.glob(f"{name}*/artifact.json"))) == 1, name
+        assert not list(run.glob(f"{name}*/.artifact.json.*"))
+        assert not (run / f"{name}.partial").exists()
+    # PPO: 24 episodes = 3 steps of 2 processes x 4 prompts; the statistics are written by the
+    # main process only (one line per step, not one per rank).
+    ppo = json.loads((run / "ppo" / "artifact.json").read_text())["metrics"]
+    assert (ppo["steps"], ppo["episodes"]) == (3, 24)
+    lines = (run / "ppo" / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    # DPO trained a LoRA adapter on top of the SFT model and measured its held-out margin.
+    dpo = json.loads((run / "dpo" / "artifact.json").read_text())
+    assert dpo["model"]["type"] == "adapter" and dpo["metrics"]["heldout_pairs"] > 0

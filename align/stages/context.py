@@ -245,13 +245,16 @@ class StageContext:
             self.log(f"resuming from {last.name}")
         return str(last) if last else None
 
-    def replica_check(self, model) -> dict:
-        """World size, and whether every data-parallel replica ended with the same weights.
+    def replica_check(self, model, **state) -> dict:
+        """World size; whether every data-parallel replica ended with the same weights; and,
+        given `state` (step reached, running moments, ...), whether every rank agrees on it.
 
-        Each rank hashes its trainable parameters; the hashes are gathered on every rank. Only
-        meaningful for plain data parallelism (sharded ZeRO-3 / FSDP ranks hold different shards).
+        Each rank hashes its trainable parameters and its `state`; the hashes are gathered on
+        every rank (a collective: every rank must call it). Sharded profiles (ZeRO-3, FSDP) hold
+        different shards on each rank, so `replicas_identical` is None there.
         """
         import hashlib
+        import json
 
         from accelerate.utils import gather_object
 
@@ -260,9 +263,36 @@ class StageContext:
             if p.requires_grad:
                 digest.update(name.encode())
                 digest.update(p.detach().float().cpu().numpy().tobytes())
-        hashes = gather_object([digest.hexdigest()[:16]]) if self.state.num_processes > 1 \
-            else [digest.hexdigest()[:16]]
-        return {"world_size": self.state.num_processes, "replicas_identical": len(set(hashes)) == 1}
+        mine = [(digest.hexdigest()[:16],
+                 hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16])]
+        n = self.state.num_processes
+        everyone = gather_object(mine) if n > 1 else mine
+        out = {"world_size": n,
+               "replicas_identical": None if is_sharded(self.state) else
+               len({weights for weights, _ in everyone}) == 1}
+        if state:
+            out["ranks_agree"] = len({agreed for _, agreed in everyone}) == 1
+        return out
+
+    def save_trainer_model(self, trainer, tokenizer) -> Path:
+        """The trained model (or adapter) into `<partial>/model`. `save_model` runs on every
+        rank: under ZeRO-3 and FSDP it gathers the shards (a collective); the main process
+        writes."""
+        out = self.dirs.partial / "model"
+        trainer.save_model(str(out))
+        if self.is_main:
+            tokenizer.save_pretrained(str(out))
+        self.state.wait_for_everyone()
+        return out
+
+    @staticmethod
+    def trainer_decisions(trainer) -> dict:
+        """What every rank must have decided alike: where training stopped (early stopping
+        included) and which checkpoint was best (the eval metrics are gathered over ranks)."""
+        s = trainer.state
+        best = s.best_model_checkpoint
+        return {"global_step": s.global_step, "best_metric": s.best_metric,
+                "best_checkpoint": os.path.basename(best) if best else None}
 
     # -- finishing -----------------------------------------------------------------------------
     def finish(self, *, model: ModelRef | None = None, tokenizer: str | None = None,
@@ -298,6 +328,15 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_sharded(state) -> bool:
+    """Whether ranks hold different parts of the parameters (ZeRO-3, FSDP)."""
+    kind = str(getattr(state, "distributed_type", "NO")).rsplit(".", 1)[-1]
+    if kind == "FSDP":
+        return True
+    # `accelerate launch` exports the ZeRO stage of a DeepSpeed profile.
+    return kind == "DEEPSPEED" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
 def world_dir(recipe: Recipe) -> Path:

@@ -81,6 +81,11 @@ def run(ctx: StageContext):
     metrics = summarise(history)
     metrics.update(trainable_parameters=trainable, total_parameters=total, prompts=len(prompts),
                    value_model=value_start)
+    # Every rank must have shaped rewards alike: the running score moments, the KL coefficient
+    # and the logged statistics are reduced over all ranks, so they must agree exactly.
+    metrics.update(ctx.replica_check(trainer.unwrapped, step=trainer.step, kl_coef=trainer.kl_ctl.value,
+                                     score_moments=trainer.shaper.state_dict(),
+                                     scores=[row["score_raw"] for row in history]))
     ctx.log("score by quarter: " + " -> ".join(_fmt(s) for s in metrics["score_by_quarter"])
             + f" | kl last {_fmt(metrics['kl_last'], 4)} | eos rate last {_fmt(metrics['eos_rate_last'], 2)}")
     method = ctx.stage.method.type

@@ -74,10 +74,8 @@ def run(ctx: StageContext):
     metrics.update(trainable_parameters=trainable, total_parameters=total,
                    train_rows=len(setup.train))
 
-    out = ctx.dirs.partial / "model"
-    if ctx.is_main:
-        trainer.save_model(str(out))
-        setup.tokenizer.save_pretrained(str(out))
+    metrics.update(ctx.replica_check(trainer.model, **ctx.trainer_decisions(trainer)))
+    ctx.save_trainer_model(trainer, setup.tokenizer)
     adapter = method.type in ("lora", "qlora")
     ref = ModelRef(type="adapter" if adapter else "full", path="model",
                    base=ctx.adapter_base() if adapter else None, root=ctx.root_model(),

@@ -73,11 +73,10 @@ def run(ctx: StageContext):
     ctx.log(f"held-out accuracy {metrics['accuracy']:.3f}, margin {metrics['margin']:.3f}, "
             f"scores {metrics['score_mean']:.3f} ± {metrics['score_std']:.3f}")
 
-    out = ctx.dirs.partial / "model"
+    metrics.update(ctx.replica_check(trainer.model, **ctx.trainer_decisions(trainer)))
+    ctx.save_trainer_model(trainer, tokenizer)
     files = {"scores": "scores.jsonl"}
     if ctx.is_main:
-        trainer.save_model(str(out))
-        tokenizer.save_pretrained(str(out))
         with (ctx.dirs.partial / files["scores"]).open("w") as f:
             for row, c, r in zip(heldout, chosen, rejected):
                 f.write(json.dumps({"prompt": row["prompt"], "chosen": row["chosen"],

@@ -39,11 +39,9 @@ def run(ctx: StageContext):
             f"{len(train)} train rows" + (f", {len(evaluation)} eval rows" if evaluation else ""))
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
 
-    out = ctx.dirs.partial / "model"
-    if ctx.is_main:
-        trainer.save_model(str(out))
-        tokenizer.save_pretrained(str(out))
-    metrics = {**loss_summary(trainer.state.log_history), **ctx.replica_check(trainer.model)}
+    ctx.save_trainer_model(trainer, tokenizer)
+    metrics = {**loss_summary(trainer.state.log_history),
+               **ctx.replica_check(trainer.model, **ctx.trainer_decisions(trainer))}
     metrics.update(trainable_parameters=trainable, total_parameters=total, train_rows=len(train))
     adapter = method.type not in ("full", "freeze")
     ref = ModelRef(type="adapter" if adapter else "full", path="model",
