@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     if not args.no_validate:
         from align.validate import validate_recipe
 
-        validate_recipe(recipe, args.overrides, accelerate=args.accelerate)
+        validate_recipe(recipe, args.overrides, accelerate=args.accelerate, only=args.only)
     run_recipe(recipe, args.overrides, only=args.only, accelerate=args.accelerate)
     return 0
 

@@ -14,12 +14,24 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
                      batch_size: int = 32, num_samples: int = 1, do_sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
                      progress: str | None = None) -> list[list[str]]:
-    """For each question, `num_samples` answers (one when greedy), decoded without specials."""
+    """For each question, `num_samples` answers (one when greedy), decoded without specials.
+    The model is made ready for generation first (align.distributed.generation_ready)."""
     import torch
-    from tqdm.auto import tqdm
+
+    from align.distributed import generation_ready
 
     if seed is not None:
         torch.manual_seed(seed)
+    with generation_ready(model) as ready:
+        return _generate(ready, tokenizer, questions, max_new_tokens, batch_size, num_samples,
+                         do_sample, temperature, top_p, progress)
+
+
+def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_samples, do_sample,
+              temperature, top_p, progress) -> list[list[str]]:
+    import torch
+    from tqdm.auto import tqdm
+
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge
     model.eval()

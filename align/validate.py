@@ -29,16 +29,21 @@ def world_rows(recipe: Recipe) -> dict[str, list[dict]]:
         raise RecipeError(f"{recipe.source}: invalid `world` settings: {exc}") from None
 
 
-def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate: str | None = None) -> list[str]:
-    """Raise the first problem found; return what was checked, one line per item."""
+def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate: str | None = None,
+                    only: list[str] | None = None) -> list[str]:
+    """Raise the first problem found; return what was checked, one line per item. `only`: the
+    stages that will run (all by default), which must support the accelerate profile."""
     from align.data.formats import convert_rows
     from align.data.sources import check_columns, read_local, rename_columns, take
+    from align.profiles import DESCRIBE, check_recipe
     from align.runner import profile_path
 
     recipe = load_recipe(path, overrides)
     checked = [f"recipe {path}: {len(recipe.stages)} stages, order {' -> '.join(recipe.order())}"]
     profile = profile_path(accelerate or recipe.accelerate)
-    checked.append(f"accelerate profile {profile.stem} ({profile})")
+    profile_class = check_recipe(recipe, profile, only)
+    checked.append(f"accelerate profile {profile.stem} ({profile}): {DESCRIBE[profile_class]}, "
+                   "supported by every stage" + (f" of {', '.join(only)}" if only else ""))
     world = None
     for name in recipe.order():
         stage = recipe.stages[name]

@@ -28,6 +28,11 @@ def run(ctx: StageContext):
     from align.ppo.rewards import RewardModelSource, build_reward, import_callable
     from align.ppo.trainer import PPOTrainer
 
+    from align.profiles import check_stage, running_class
+
+    # `align validate` refuses such a profile already; this covers `accelerate launch` by hand.
+    profile_class = running_class()
+    check_stage(ctx.name, "ppo", profile_class, profile_class)
     where = f"stages.{ctx.name}.args"
     config = PPOConfig.from_args(ctx.stage.args, where, ctx.recipe.source)
     for i, item in enumerate(config.rewards):  # before any model loads: a typo should fail fast

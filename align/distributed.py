@@ -1,0 +1,52 @@
+"""Generation with whatever the accelerate profile did to a model.
+
+The idk probe and the evaluation generate with a plainly loaded model on every process. Two
+things can stand in the way, and `generation_ready` handles both:
+
+- the model sits on the CPU while the process has a GPU (models load on the CPU): it is moved
+  to the process's device for generation (not when quantised or dispatched by a device map,
+  which place themselves);
+- its parameters are partitioned by DeepSpeed ZeRO-3 (each rank holds a shard; a model loads
+  that way when a ZeRO-3 config with `zero3_init_flag` is active in the process): they are
+  gathered for the duration with `deepspeed.zero.GatheredParameters`, a collective, so every
+  rank must generate over the same batches.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+def is_partitioned(model) -> bool:
+    """Whether some parameter is a ZeRO-3 partitioned one (DeepSpeed tags them with ds_id)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def target_device(model):
+    """Where generation should run: the process's GPU for a model left on the CPU, else None."""
+    import torch
+
+    if not torch.cuda.is_available() or getattr(model, "hf_device_map", None):
+        return None
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return None
+    if next(model.parameters()).device.type != "cpu":
+        return None
+    from align.stages.context import process_state
+
+    return process_state().device
+
+
+@contextmanager
+def generation_ready(model):
+    """`with generation_ready(model) as model:` generate; see the module docstring."""
+    if is_partitioned(model):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield model
+        return
+    device = target_device(model)
+    if device is not None:
+        model = model.to(device)
+    yield model

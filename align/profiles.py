@@ -1,0 +1,98 @@
+"""Which accelerate profile each stage kind supports, checked before anything trains.
+
+A profile is classified by what its processes share: `single` (one process), `ddp` (data
+parallel replicas: cpu-ddp, ddp, multi-node), `zero2` / `zero3` (DeepSpeed), `fsdp`. Stages on
+TRL trainers run under every one of them. align's own PPO generates its rollouts from the
+unwrapped policy, with a reference model and a value model next to it; under ZeRO-3 or FSDP the
+policy's parameters are sharded across ranks (generation would need every rank to gather them
+in lock-step), and under DeepSpeed its optimizer and scheduler are replaced by DeepSpeed's, so
+PPO is refused there, at validation time, with the profiles it does run under.
+The idk and evaluate stages train nothing: every process loads the whole model unsharded
+(`align.distributed.generation_ready` gathers it should it ever be partitioned).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from align.errors import AlignError
+
+ALL = ("single", "ddp", "zero2", "zero3", "fsdp")
+SUPPORT = {
+    "pretrain": ALL, "sft": ALL, "rm": ALL, "dpo": ALL, "kto": ALL, "orpo": ALL,
+    "idk": ALL, "evaluate": ALL,
+    "ppo": ("single", "ddp"),
+}
+DESCRIBE = {"single": "one process", "ddp": "data parallel", "zero2": "DeepSpeed ZeRO-2",
+            "zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP"}
+WHY = {
+    "ppo": "align's PPO generates rollouts from the unwrapped policy and keeps its own reference "
+           "and value models and optimizer, which DeepSpeed and FSDP would shard or replace",
+}
+
+
+def classify(config: dict) -> str:
+    """The class of an accelerate config (a profile file's contents)."""
+    kind = str(config.get("distributed_type", "NO")).upper()
+    if kind == "DEEPSPEED":
+        stage = int((config.get("deepspeed_config") or {}).get("zero_stage", 0))
+        return "zero3" if stage == 3 else "zero2"  # stages 0-2 keep whole parameters on each rank
+    if kind == "FSDP":
+        return "fsdp"
+    if kind == "NO" and int(config.get("num_processes", 1)) == 1:
+        return "single"
+    return "ddp"  # MULTI_GPU, MULTI_CPU, MULTI_XPU, ...: replicas
+
+
+def classify_file(path: Path) -> str:
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AlignError(f"accelerate profile {path} is not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise AlignError(f"accelerate profile {path} must be a mapping of accelerate settings.")
+    return classify(config)
+
+
+def running_class() -> str:
+    """The class of the profile this process was launched with (from `accelerate launch`'s
+    environment), for stages started without `align run`."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "zero3" if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" else "zero2"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
+def check_stage(name: str, kind: str, profile_class: str, profile_name: str) -> None:
+    """Raise AlignError when a stage kind does not run under a profile class."""
+    supported = SUPPORT.get(kind, ALL)
+    if profile_class in supported:
+        return
+    why = f" ({WHY[kind]})" if kind in WHY else ""
+    raise AlignError(
+        f"stage '{name}' (kind {kind}) does not run under accelerate profile '{profile_name}' "
+        f"({DESCRIBE[profile_class]}){why}. It runs under: "
+        f"{', '.join(DESCRIBE[c] for c in supported)}, e.g. the profiles "
+        f"{', '.join(shipped_of(supported))}. Give that stage's run another profile with "
+        f"`align run RECIPE --only {name} --accelerate ddp`.")
+
+
+def check_recipe(recipe, profile: Path, only: list[str] | None = None) -> str:
+    """The recipe's stages (those in `only`, when given) against the profile; returns the
+    profile's class."""
+    profile_class = classify_file(profile)
+    for name in recipe.order():
+        if only and name not in only:
+            continue
+        check_stage(name, recipe.stages[name].kind, profile_class, profile.stem)
+    return profile_class
+
+
+def shipped_of(classes) -> list[str]:
+    from align.runner import PROFILE_DIR
+
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml") if classify_file(p) in classes)
