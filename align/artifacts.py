@@ -130,9 +130,10 @@ def config_hash(stage_config: dict, input_hashes: dict[str, str], data_fingerpri
 
 
 def file_fingerprint(paths: list[Path]) -> str:
+    """Names and contents, not full paths: a moved run directory or recipe keeps its hashes."""
     h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(str(p).encode())
+    for p in sorted(paths, key=lambda p: (p.name, str(p))):
+        h.update(p.name.encode())
         if p.is_file():
             with p.open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -212,19 +213,58 @@ class StageDirs:
                  and (p / "trainer_state.json").exists()]
         return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
+    def clean_after_failure(self) -> None:
+        """After a failed attempt: without a complete checkpoint nothing is worth resuming and
+        the partial directory goes; with one, only the resume state stays (the progress file,
+        complete checkpoints, what the stage saved beside them) and temporary files and
+        half-written checkpoints go."""
+        if not self.partial.exists():
+            return
+        if self.last_checkpoint() is None:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            return
+        for leftover in self.partial.rglob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        for ckpt in self.checkpoints.glob("checkpoint-*"):
+            if not (ckpt / "trainer_state.json").exists():
+                shutil.rmtree(ckpt, ignore_errors=True)
+
     def commit(self, manifest: Manifest) -> Artifact:
-        """Write the manifest last, then swap the partial directory into place."""
-        shutil.rmtree(self.checkpoints, ignore_errors=True)
-        (self.partial / PROGRESS).unlink(missing_ok=True)
+        """Write the manifest, then swap the partial directory into place.
+
+        Each step leaves a state a rerun can finish (see `recover`): killed before the manifest
+        is renamed into place, the partial directory still has its checkpoints and progress
+        file and resumes; killed after, the rerun only tidies it and moves it into place.
+        """
         manifest.status = "complete"
         manifest.finished_at = time.time()
         write_json_atomic(self.partial / MANIFEST, manifest.to_dict())
+        self._promote()
+        return Artifact(self.final, manifest)
+
+    def _promote(self) -> None:
+        """Partial (with a complete manifest) -> final: drop the resume state, then swap."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for leftover in [self.partial / PROGRESS, *self.partial.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)
         if self.final.exists():
-            replaced = self.run_dir / ".replaced" / f"{self.name}-{int(time.time())}"
+            replaced = self.run_dir / ".replaced" / f"{self.name}-{time.time_ns()}"
             replaced.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.final, replaced)
             os.replace(self.partial, self.final)
             shutil.rmtree(replaced, ignore_errors=True)
         else:
             os.replace(self.partial, self.final)
-        return Artifact(self.final, manifest)
+
+    def recover(self, expected_hash: str | None = None) -> bool:
+        """Finish a commit a kill interrupted: a partial directory whose manifest is complete
+        (and of the expected hash) is the finished stage; move it into place. Also removes
+        the old artifacts a kill left in `.replaced/`."""
+        replaced = self.run_dir / ".replaced"
+        for old in replaced.glob(f"{self.name}-*") if replaced.exists() else []:
+            shutil.rmtree(old, ignore_errors=True)
+        manifest = read_manifest(self.partial)
+        if manifest is None or (expected_hash and manifest.config_hash != expected_hash):
+            return False
+        self._promote()
+        return True

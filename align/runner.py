@@ -128,12 +128,11 @@ def execute_stage(recipe: Recipe, name: str):
                        resumed=resumed)
     try:
         return stage_module(recipe.stages[name].kind).run(ctx)
-    except AlignError:
-        # Bad input found inside the stage: nothing worth resuming, leave nothing behind.
-        if state.is_main_process and not dirs.last_checkpoint():
-            import shutil
-
-            shutil.rmtree(dirs.partial, ignore_errors=True)
+    except Exception:
+        # Bad input found inside the stage, a numerical fault, a crash: keep only what a rerun
+        # can resume from (the last complete checkpoints), never temporary files.
+        if state.is_main_process:
+            dirs.clean_after_failure()
         raise
 
 
@@ -203,9 +202,12 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
         print(f"align: recipe {recipe.name} -> {run_dir}  ({len(order)} stages, profile "
               f"{profile.stem})", flush=True)
         for i, name in enumerate(order, 1):
+            if only and name not in only and not StageDirs(run_dir, name).final.exists():
+                continue  # not asked for and never built: its inputs may not exist yet
             inputs = finished_inputs(recipe, name)
             digest = stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
             dirs = StageDirs(run_dir, name)
+            dirs.recover(digest)  # a commit a kill interrupted: finish it, do not redo the stage
             done = dirs.finished(digest)
             tag = f"[{i}/{len(order)}]"
             if done or (only and name not in only):
@@ -229,6 +231,10 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
             push_stage(recipe, name, artifact, tag)
             print(f"{tag} " + one_line(name, artifact.manifest.kind, artifact.manifest.metrics,
                                        time.time() - start), flush=True)
+        if results:
+            from align.report import write_report
+
+            print(f"align: report {write_report(run_dir, recipe.name, results)}", flush=True)
     return results
 
 

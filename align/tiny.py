@@ -54,7 +54,7 @@ class TinyConfig:
         return cls(world=world, **d)
 
     def key(self) -> str:
-        blob = json.dumps({"v": 1, **asdict(self)}, sort_keys=True)
+        blob = json.dumps({"v": 2, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -75,7 +75,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(texts + list(DEFAULT_IDK_RESPONSES), trainer=trainer)
+    # The IDK replies are repeated so BPE merges them into words, as a real tokenizer would have:
+    # spelled out byte by byte they are 20 tokens long, and a tiny model garbles them.
+    core.train_from_iterator(texts + list(DEFAULT_IDK_RESPONSES) * 25, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS,
         additional_special_tokens=ROLE_TOKENS, model_max_length=512)

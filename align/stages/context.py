@@ -7,6 +7,7 @@ main process only) lives here.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -296,13 +297,21 @@ class StageContext:
 
     # -- finishing -----------------------------------------------------------------------------
     def finish(self, *, model: ModelRef | None = None, tokenizer: str | None = None,
-               files: dict[str, str] | None = None, metrics: dict | None = None) -> Artifact | None:
-        """Write the manifest (main process only, last) and move the artifact into place."""
+               files: dict[str, str] | None = None, metrics: dict | None = None,
+               history: list[dict] | None = None) -> Artifact | None:
+        """Write the manifest (main process only, last) and move the artifact into place.
+
+        `history` is the Trainer's log history; it is kept as `history.jsonl` so the run report
+        can draw the stage's training curves after the checkpoints are gone."""
         from align.artifacts import read_manifest
 
         self.state.wait_for_everyone()
         if self.is_main:
             metrics = dict(metrics or {})
+            files = dict(files or {})
+            if history:
+                write_jsonl(self.dirs.partial / HISTORY_FILE, history)
+                files["history"] = HISTORY_FILE
             if self.dropped_rows:
                 metrics["dropped_rows"] = self.dropped_rows
             manifest = Manifest(
@@ -315,6 +324,15 @@ class StageContext:
         self.state.wait_for_everyone()
         manifest = read_manifest(self.dirs.final)
         return Artifact(self.dirs.final, manifest) if manifest else None
+
+
+HISTORY_FILE = "history.jsonl"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
 
 
 def process_state():

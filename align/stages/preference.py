@@ -80,7 +80,8 @@ def run(ctx: StageContext):
     ref = ModelRef(type="adapter" if adapter else "full", path="model",
                    base=ctx.adapter_base() if adapter else None, root=ctx.root_model(),
                    method=method.type)
-    return ctx.finish(model=ref, tokenizer="model", metrics=metrics)
+    return ctx.finish(model=ref, tokenizer="model", metrics=metrics,
+                      history=trainer.state.log_history)
 
 
 def build_trainer(ctx: StageContext) -> Setup:

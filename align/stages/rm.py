@@ -86,7 +86,8 @@ def run(ctx: StageContext):
     ref = ModelRef(type="adapter" if adapter else "full", path="model",
                    base=ctx.adapter_base() if adapter else None, root=ctx.root_model(),
                    method=method.type, task=TASK)
-    return ctx.finish(model=ref, tokenizer="model", files=files, metrics=metrics)
+    return ctx.finish(model=ref, tokenizer="model", files=files, metrics=metrics,
+                      history=trainer.state.log_history)
 
 
 def score_statistics(chosen: list[float], rejected: list[float]) -> dict:

@@ -28,8 +28,9 @@ def loss_summary(log_history: list[dict], *, window: int = 3) -> dict:
     return out
 
 
-def one_line(name: str, kind: str, metrics: dict, seconds: float) -> str:
-    parts = [f"{name} ({kind})"]
+def metric_parts(metrics: dict) -> list[str]:
+    """The handful of figures that say whether a stage did its job, as short phrases."""
+    parts = []
     if "train_loss_first" in metrics:
         parts.append(f"loss {metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}")
     if "eval_loss" in metrics:
@@ -39,5 +40,8 @@ def one_line(name: str, kind: str, metrics: dict, seconds: float) -> str:
     for key in ("accuracy", "margin", "heldout_margin_sft", "heldout_margin", "mean_score_last"):
         if key in metrics and isinstance(metrics[key], (int, float)):
             parts.append(f"{key} {metrics[key]:.3f}")
-    parts.append(f"{seconds:.0f}s")
-    return " | ".join(parts)
+    return parts
+
+
+def one_line(name: str, kind: str, metrics: dict, seconds: float) -> str:
+    return " | ".join([f"{name} ({kind})", *metric_parts(metrics), f"{seconds:.0f}s"])
