@@ -82,6 +82,18 @@ def test_accelerate_reads_every_profile_as_intended(name, tmp_path):
         assert args.fsdp_cpu_ram_efficient_loading in (True, "true")
 
 
+def test_multi_node_profile_takes_each_nodes_rank_on_the_command_line():
+    """The README's two-node commands: one profile file, rank and address given per node."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    cmd = launch_command("r.yaml", "sft", [], profile_path("multi-node"))
+    argv = [*cmd[3:5], "--machine_rank", "1", "--main_process_ip", "10.1.2.3", *cmd[5:]]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert (args.machine_rank, args.main_process_ip, args.num_machines, args.num_processes) == \
+        (1, "10.1.2.3", 2, 16)
+    assert args.training_script_args == ["stage", "r.yaml", "--stage", "sft"]
+
+
 def test_ppo_is_refused_under_sharding_profiles_at_validation(tmp_path):
     recipe = str(ROOT / "recipes" / "tiny" / "ppo.yaml")
     for name in ("zero2", "zero3", "fsdp", "fsdp-qlora"):

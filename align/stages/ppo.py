@@ -27,7 +27,6 @@ def run(ctx: StageContext):
     from align.ppo.config import PPOConfig
     from align.ppo.rewards import RewardModelSource, build_reward, import_callable
     from align.ppo.trainer import PPOTrainer
-
     from align.profiles import check_stage, running_class
 
     # `align validate` refuses such a profile already; this covers `accelerate launch` by hand.
