@@ -12,16 +12,28 @@ from conftest import write_recipe
 
 
 def test_non_finite_loss_stops_the_stage_naming_the_step(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
     args = {"max_steps": 30, "per_device_train_batch_size": 8, "learning_rate": 1e12,
             "max_grad_norm": 0.0, "logging_steps": 1, "save_steps": 1, "disable_tqdm": True,
             "optim": "sgd"}
     path = write_recipe(tmp_path, {"sft": {"kind": "sft", "data": "world:sft", "args": args}})
     assert main(["run", path]) == 2
     err = capsys.readouterr().err
-    assert "training stopped at step" in err and ("is nan" in err or "is inf" in err), err
+    # Whichever shows first: the logged loss / gradient norm, or the weights about to be saved.
+    assert "training stopped at step" in err, err
+    assert any(why in err for why in ("is nan", "is inf", "is not finite")), err
     assert not (tmp_path / "run" / "sft").exists()  # nothing that looks like a result
     kept = list((tmp_path / "run" / "sft.partial" / "checkpoints").glob("checkpoint-*"))
     assert kept, "the last good checkpoints are kept for a resume"
+    # ... and they are good: from before the fault, with finite weights, at most 2 of them.
+    step = int(err.split("training stopped at step ")[1].split(":")[0])
+    assert all(int(p.name.split("-")[1]) < step for p in kept) and len(kept) <= 2
+    for ckpt in kept:
+        weights = load_file(str(ckpt / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values()), ckpt.name
 
 
 def test_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
@@ -30,3 +42,125 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
     with run_lock(tmp_path / "run"):
         assert main(["run", path]) == 2
     assert "another `align run` is using" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_never_checkpointed():
+    import types
+
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from align.stages.callbacks import NonFiniteError, NonFiniteLossCallback
+
+    model = torch.nn.Linear(2, 2)
+    callback = NonFiniteLossCallback()
+    args = types.SimpleNamespace(output_dir="checkpoints")
+    state = TrainerState(global_step=7)
+    callback.on_step_end(args, state, TrainerControl(should_save=True), model=model)  # finite: fine
+    with torch.no_grad():
+        model.weight[0, 1] = float("inf")
+    callback.on_step_end(args, state, TrainerControl(should_save=False), model=model)  # no save yet
+    with pytest.raises(NonFiniteError, match="step 7: parameter weight is not finite, so "
+                                             "checkpoint-7 was not written"):
+        callback.on_step_end(args, state, TrainerControl(should_save=True), model=model)
+
+
+def test_ppo_non_finite_loss_stops_naming_the_step(tmp_path, capsys):
+    import torch
+
+    from align.data.world import WorldConfig
+    from align.modeling import load_full, load_tokenizer
+    from align.ppo.config import PPOConfig
+    from align.ppo.rewards import build_reward
+    from align.ppo.trainer import PPOTrainer
+    from align.stages.callbacks import NonFiniteError
+    from align.tiny import TinyConfig, build_tiny
+    from conftest import SMALL_WORLD
+
+    torch.set_num_threads(1)
+    path = build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD)))
+    config = PPOConfig(rewards=[{"source": "align.ppo.rewards:correct_answer"}], batch_size=2,
+                       mini_batch_size=2, response_length=4, total_episodes=8, save_steps=1,
+                       disable_tqdm=True)
+    prompts = [{"prompt": [{"role": "user", "content": "Who leads Gouia?"}], "answers": ["Nim"]}] * 4
+    trainer = PPOTrainer(config, policy=load_full(path), ref_policy=load_full(path),
+                         value_model=load_full(path, task="sequence-classification"),
+                         tokenizer=load_tokenizer(path), reward=build_reward(config),
+                         prompts=prompts, output_dir=tmp_path)
+    real_update = trainer.update
+
+    def update_with_a_nan_at_step_2(rollout):
+        out = real_update(rollout)
+        if trainer.step == 1:
+            out["policy_loss"] = torch.tensor(float("nan"))
+        return out
+
+    trainer.update = update_with_a_nan_at_step_2
+    with pytest.raises(NonFiniteError, match="PPO stopped at step 2: policy_loss is nan"):
+        trainer.train()
+    kept = [p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")]
+    assert kept == ["checkpoint-1"]  # the good one; step 2's weights were never saved
+
+
+def test_defaults_clip_gradients_and_bound_checkpoints(tmp_path):
+    """Every stage kind clips gradients (max_grad_norm 1.0) and keeps at most 2 checkpoints,
+    unless the recipe says otherwise."""
+    from align.artifacts import StageDirs
+    from align.ppo.config import PPOConfig
+    from align.recipe import config_class, load_recipe
+    from align.stages.context import StageContext
+
+    stages = {"sft": {"kind": "sft", "data": "world:sft"},
+              "rm": {"kind": "rm", "from": "sft", "data": "world:preference_train"}}
+    for kind in ("dpo", "kto", "orpo"):
+        stages[kind] = {"kind": kind, "from": "sft", "data": "world:preference_train"}
+    stages["own"] = {"kind": "sft", "data": "world:sft",
+                     "args": {"max_grad_norm": 0.5, "save_total_limit": 5}}
+    recipe = load_recipe(write_recipe(tmp_path, stages))
+    for name, stage in recipe.stages.items():
+        ctx = StageContext(recipe=recipe, name=name, stage=stage, inputs={},
+                           dirs=StageDirs(tmp_path / "run", name), config_hash="x", base_model="tiny")
+        args = ctx.training_args(config_class(stage.kind))
+        expected = (0.5, 5) if name == "own" else (1.0, 2)
+        assert (args.max_grad_norm, args.save_total_limit) == expected, name
+    ppo = PPOConfig.from_args({"rewards": [{"source": "align.ppo.rewards:correct_answer"}]})
+    assert (ppo.max_grad_norm, ppo.save_total_limit) == (1.0, 2)
+
+
+def test_failed_stage_cleans_its_temporary_files(tmp_path, monkeypatch):
+    """A crash leaves only what a rerun resumes from: nothing at all without a checkpoint;
+    with one, the complete checkpoints and the progress file, never temporary files."""
+    import types
+
+    import align.stages
+    from align.runner import run_recipe
+
+    def crashing(with_checkpoint: bool):
+        def run(ctx):
+            part = ctx.dirs.partial
+            (part / "base").mkdir()  # e.g. a merged upstream for QLoRA
+            (part / "base" / "model.safetensors").write_text("x")
+            (part / ".artifact.json.123.tmp").write_text("{")
+            if with_checkpoint:
+                good = ctx.dirs.checkpoints / "checkpoint-2"
+                good.mkdir(parents=True)
+                (good / "trainer_state.json").write_text("{}")
+                (ctx.dirs.checkpoints / "checkpoint-4").mkdir()  # killed while saving
+            raise RuntimeError("out of memory")
+        return types.SimpleNamespace(run=run)
+
+    for with_checkpoint in (False, True):
+        monkeypatch.setattr(align.stages, "stage_module", lambda kind: crashing(with_checkpoint))
+        run_dir = tmp_path / str(with_checkpoint)
+        run_dir.mkdir()
+        path = write_recipe(run_dir, {"sft": {"kind": "sft", "data": "world:sft"}})
+        with pytest.raises(RuntimeError, match="out of memory"):
+            run_recipe(path)
+        partial = run_dir / "run" / "sft.partial"
+        assert not (run_dir / "run" / "sft").exists()
+        if not with_checkpoint:
+            assert not partial.exists()
+            continue
+        left = sorted(str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file())
+        assert left == ["base/model.safetensors", "checkpoints/checkpoint-2/trainer_state.json",
+                        "progress.json"]

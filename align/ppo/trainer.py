@@ -196,6 +196,7 @@ class PPOTrainer:
         try:
             while self.step < self.total_steps:
                 stats = self.train_step()
+                stop_if_not_finite(stats, self.step, self.output_dir)
                 bar.update(self.episodes_per_step)
                 bar.set_postfix(score=f"{stats['score_raw']:.3f}", kl=f"{stats['kl']:.3f}")
                 if self.step % self.config.save_steps == 0 and self.step < self.total_steps:
@@ -644,6 +645,20 @@ def _adamw(params, config: PPOConfig):
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def stop_if_not_finite(stats: dict, step: int, output_dir) -> None:
+    """A non-finite loss or gradient norm ends training before the broken weights are saved;
+    the checkpoints written before (every `save_steps`) are kept for a resume."""
+    from align.stages.callbacks import NonFiniteError
+
+    for key in ("policy_loss", "value_loss", "grad_norm"):
+        value = stats.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            where = f" in {Path(output_dir) / 'checkpoints'}" if output_dir else ""
+            raise NonFiniteError(f"PPO stopped at step {step}: {key} is {value}. The last good "
+                                 f"checkpoint (if any) is kept{where}; lower the learning rate or "
+                                 "check the rewards, then rerun to resume.")
 
 
 def _mean(x: torch.Tensor) -> float:

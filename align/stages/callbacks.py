@@ -26,5 +26,21 @@ class NonFiniteLossCallback(TrainerCallback):
                     "rate or check the data, then rerun to resume.")
 
 
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        """Before a checkpoint is written, its weights must be finite: a fault between two
+        logged losses must not leave a broken checkpoint to resume from."""
+        if not control.should_save or model is None:
+            return
+        import torch
+
+        for name, param in model.named_parameters():
+            if param.requires_grad and not torch.isfinite(param.detach()).all():
+                raise NonFiniteError(
+                    f"training stopped at step {state.global_step}: parameter {name} is not "
+                    f"finite, so checkpoint-{state.global_step} was not written. The last good "
+                    f"checkpoint (if any) is kept in {args.output_dir}; lower the learning rate "
+                    "or check the data, then rerun to resume.")
+
+
 class NonFiniteError(AlignError):
     pass
