@@ -196,6 +196,7 @@ class StageDirs:
         if progress.exists():
             try:
                 if json.loads(progress.read_text()).get("config_hash") == config_hash:
+                    self.drop_temporaries()  # what a killed attempt left half-written
                     return True
             except json.JSONDecodeError:
                 pass
@@ -223,6 +224,11 @@ class StageDirs:
         if self.last_checkpoint() is None:
             shutil.rmtree(self.partial, ignore_errors=True)
             return
+        self.drop_temporaries()
+
+    def drop_temporaries(self) -> None:
+        """Half-written files (atomic writes never renamed) and checkpoints a kill interrupted
+        while saving (no trainer_state.json, which is written last)."""
         for leftover in self.partial.rglob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         for ckpt in self.checkpoints.glob("checkpoint-*"):

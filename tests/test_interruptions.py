@@ -199,6 +199,7 @@ def prepare(run: Path, with_old: bool):
     dirs.begin("new")  # the stage ran: progress file and a checkpoint to resume from
     (dirs.checkpoints / "checkpoint-4").mkdir(parents=True)
     (dirs.checkpoints / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (dirs.checkpoints / "checkpoint-6").mkdir()  # killed while saving: no trainer_state.json
     return dirs
 
 
@@ -225,7 +226,11 @@ def test_kill_during_commit_before_the_manifest_is_in_place_resumes(tmp_path):
         # still has what a resume needs.
         assert visible(dirs) == ("old" if with_old else None)
         assert dirs.recover("new") is False
-        assert dirs.last_checkpoint() is not None and dirs.begin("new") is True
+        assert list(dirs.partial.glob(".artifact.json.*.tmp"))  # the write the kill cut short
+        assert dirs.begin("new") is True  # the rerun resumes, from the complete checkpoint ...
+        assert dirs.last_checkpoint().name == "checkpoint-4"
+        # ... without the half-written leftovers
+        assert not list(dirs.partial.glob(".*.tmp")) and not (dirs.checkpoints / "checkpoint-6").exists()
 
 
 def test_kill_during_commit_after_the_manifest_completes_without_redoing(tmp_path):
