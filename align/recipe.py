@@ -153,7 +153,10 @@ class MethodSpec(Strict):
 
     @model_validator(mode="after")
     def _settings_match_type(self):
-        """Settings of another method are contradictions, not silently ignored extras."""
+        """Settings that change what trains, given to a method that ignores them, are
+        contradictions (a recipe that quantises but does not use qlora, or freezes layers but
+        tunes all of them). Adapter sizes (lora, virtual tokens) may be shared by several
+        methods' stages, so they are not refused."""
         for key, types_ in METHOD_SETTINGS.items():
             if key in self.model_fields_set and self.type not in types_:
                 raise ValueError(f"`{key}` is a setting of method {' / '.join(types_)}, but the "
@@ -162,9 +165,7 @@ class MethodSpec(Strict):
 
 
 # Method settings and the method types they belong to.
-METHOD_SETTINGS = {"lora": ("lora", "qlora"), "quantization": ("qlora",),
-                   "trainable_layers": ("freeze",), "num_virtual_tokens": ("ptuning", "prefix"),
-                   "encoder_hidden_size": ("ptuning",)}
+METHOD_SETTINGS = {"quantization": ("qlora",), "trainable_layers": ("freeze",)}
 
 
 class PushSpec(Strict):

@@ -162,10 +162,10 @@ def _(tmp):
                        "the method is qlora"]
 
 
-@case("full tuning with lora settings")
+@case("full tuning with quantization settings")
 def _(tmp):
-    path = sft_with(tmp, method={"type": "full", "lora": {"r": 8}})
-    return run(path), ["stages.sft.method", "`lora` is a setting of method lora / qlora",
+    path = sft_with(tmp, method={"type": "full", "quantization": {"quant_type": "nf4"}})
+    return run(path), ["stages.sft.method", "`quantization` is a setting of method qlora",
                        "the method is full"]
 
 
