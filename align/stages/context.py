@@ -121,8 +121,8 @@ class StageContext:
 
         tokenizer = self.load_tokenizer()
         limit = stage_max_length(self.stage.args, config_class(self.stage.kind), tokenizer)
-        if limit is None:
-            return converted
+        if limit is None or not getattr(tokenizer, "chat_template", None):
+            return converted  # no limit, or no template to measure prompts with (TRL will say)
         numbers = source_row_numbers(n_source, {p.row for p in problems}, len(converted))
         kept, dropped = check_prompt_lengths(converted, numbers, tokenizer, limit, name,
                                              self.stage.data.on_error,

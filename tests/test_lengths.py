@@ -1,0 +1,51 @@
+"""Prompts that leave no room for an answer: refused with their row, or dropped and counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from align.data.lengths import check_prompt_lengths, source_row_numbers, stage_max_length
+from align.errors import DataError
+from conftest import SMALL_WORLD
+
+SHORT = [{"role": "user", "content": "Who leads Kathilland?"}]
+LONG = [{"role": "user", "content": "Who leads Kathilland? " * 40}]
+ANSWER = [{"role": "assistant", "content": "Shekris Vremmas."}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from align.data.world import WorldConfig
+    from align.modeling import load_tokenizer
+    from align.tiny import TinyConfig, build_tiny
+
+    return load_tokenizer(build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD))))
+
+
+def test_long_prompts_are_dropped_and_counted_with_on_error_drop(tokenizer):
+    rows = [{"prompt": SHORT, "chosen": ANSWER, "rejected": ANSWER},
+            {"prompt": LONG, "chosen": ANSWER, "rejected": ANSWER},
+            {"messages": SHORT + ANSWER}, {"messages": LONG + ANSWER}]
+    kept, dropped = check_prompt_lengths(rows, [1, 2, 3, 4], tokenizer, 64, "d.jsonl", "drop", "k")
+    assert kept == [rows[0], rows[2]] and dropped == 2
+
+
+def test_rows_are_numbered_as_in_the_source_file(tokenizer):
+    # Source row 2 was malformed and dropped by conversion: converted row 2 is source row 3.
+    numbers = source_row_numbers(3, {2}, 2)
+    assert numbers == [1, 3]
+    rows = [{"messages": SHORT + ANSWER}, {"messages": LONG + ANSWER}]
+    with pytest.raises(DataError, match=r"d.jsonl, row 3, column 'prompt': the prompt is \d+ tokens"):
+        check_prompt_lengths(rows, numbers, tokenizer, 64, "d.jsonl", "fail", "k")
+    # KTO rows from pairs are two per source row: the message counts converted rows instead.
+    assert source_row_numbers(2, set(), 4) is None
+    with pytest.raises(DataError, match=r"converted row 2"):
+        check_prompt_lengths(rows, None, tokenizer, 64, "d.jsonl", "fail", "k")
+
+
+def test_max_length_comes_from_args_then_config_then_the_tokenizer(tokenizer):
+    from trl import DPOConfig
+
+    assert stage_max_length({"max_length": 96}, DPOConfig, tokenizer) == 96
+    assert tokenizer.model_max_length == 512  # the tiny model's context
+    assert stage_max_length({}, DPOConfig, tokenizer) == 512  # DPOConfig's 1024, capped
