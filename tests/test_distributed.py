@@ -10,6 +10,7 @@ running reward moments, KL coefficient, logged scores).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,7 +30,8 @@ def stages() -> dict:
                 "args": {**FAST, "max_steps": 4, "save_steps": 100, "max_length": 64}},
         "ppo": {"kind": "ppo", "from": "sft",
                 "data": {"train": {"world": "qa_train", "columns": {"question": "prompt"}}},
-                "args": {"rewards": [{"source": "align.ppo.rewards:correct_answer"}],
+                "args": {"rewards": [{"source": "dist_rewards:shorter", "weight": 1.0},
+                                     {"source": "align.ppo.rewards:correct_answer", "weight": 1.0}],
                          "value_model": "policy", "score_normalization": "running",
                          "adaptive_kl": True, "kl_target": 0.5,
                          "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
@@ -38,11 +40,25 @@ def stages() -> dict:
     }
 
 
+# A reward every completion gets a different share of, so PPO has something to learn from the
+# first step (the tiny model rarely answers correctly after a few SFT steps).
+REWARDS = """
+def shorter(prompts, completions, **columns):
+    return [-len(c.split()) / 4.0 for c in completions]
+"""
+
+
+def run_two_processes(tmp_path, model: str, recipe_stages: dict) -> subprocess.CompletedProcess:
+    path = write_recipe(tmp_path, recipe_stages, model={"name_or_path": model}, accelerate="cpu-ddp")
+    (tmp_path / "dist_rewards.py").write_text(REWARDS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return subprocess.run([sys.executable, "-m", "align", "run", path], capture_output=True,
+                          text=True, timeout=1200, env=env)
+
+
 def test_sft_dpo_ppo_run_data_parallel_on_two_processes(tmp_path, pretrained_tiny):
-    path = write_recipe(tmp_path, stages(), model={"name_or_path": pretrained_tiny},
-                        accelerate="cpu-ddp")
-    proc = subprocess.run([sys.executable, "-m", "align", "run", path], capture_output=True,
-                          text=True, timeout=1200)
+    proc = run_two_processes(tmp_path, pretrained_tiny, stages())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"
     for name in stages():
@@ -59,6 +75,7 @@ def test_sft_dpo_ppo_run_data_parallel_on_two_processes(tmp_path, pretrained_tin
     # main process only (one line per step, not one per rank).
     ppo = json.loads((run / "ppo" / "artifact.json").read_text())["metrics"]
     assert (ppo["steps"], ppo["episodes"]) == (3, 24)
+    assert ppo["kl_max"] > 0  # the policy moved away from the SFT model: both ranks trained it
     lines = (run / "ppo" / "stats.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     # DPO trained a LoRA adapter on top of the SFT model and measured its held-out margin.
