@@ -238,6 +238,12 @@ def _(tmp):
     return run(recipe(tmp), "--accelerate", "zero4"), ["unknown accelerate profile 'zero4'", "zero3"]
 
 
+@case("accelerate profile file missing")
+def _(tmp):
+    return run(recipe(tmp), "--accelerate", str(tmp / "mine.yaml")), \
+        ["accelerate profile file not found", "mine.yaml"]
+
+
 @case("--only names no stage")
 def _(tmp):
     return run(recipe(tmp), "--no-validate", "--only", "dpo"), ["no stage named ['dpo']", "sft"]
@@ -294,6 +300,12 @@ def _(tmp):
     path = recipe(tmp)
     jsonl(tmp / "sft.jsonl", [SFT_ROWS[0], "[1, 2]"])
     return run(path), ["sft.jsonl, row 2", "must be a JSON object"]
+
+
+@case("Hub dataset unreachable")
+def _(tmp):
+    return run(sft_with(tmp, data="hub:nobody/no-such-dataset")), \
+        ["could not load Hub dataset 'nobody/no-such-dataset'", "use a local file"]
 
 
 @case("unsupported file type")
