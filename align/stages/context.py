@@ -263,7 +263,9 @@ class StageContext:
         for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
             if p.requires_grad:
                 digest.update(name.encode())
-                digest.update(p.detach().float().cpu().numpy().tobytes())
+                local = p.detach()
+                local = local.to_local() if hasattr(local, "to_local") else local  # FSDP2: DTensor
+                digest.update(local.float().cpu().numpy().tobytes())
         mine = [(digest.hexdigest()[:16],
                  hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16])]
         n = self.state.num_processes
