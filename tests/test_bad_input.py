@@ -480,6 +480,7 @@ def results_in(run_dir: Path) -> list[str]:
              if p.parent.name not in PLANTED]
     found += [p.name for p in run_dir.iterdir() if p.name.endswith(".partial")]
     found += [str(p) for p in run_dir.rglob("metrics.json")]
+    found += [p.name for p in run_dir.glob("report.md")]  # the run report
     return found
 
 
