@@ -38,12 +38,24 @@ def target_device(model):
 
 
 @contextmanager
+def full_parameters(model):
+    """Whole parameters on every rank for the duration: gathered when ZeRO-3 partitioned them
+    (a collective), else nothing to do. Forward passes outside a DeepSpeed engine (before
+    training starts, or by hand) need it: a partitioned parameter is an empty tensor."""
+    if not is_partitioned(model):
+        yield model
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield model
+
+
+@contextmanager
 def generation_ready(model):
     """`with generation_ready(model) as model:` generate; see the module docstring."""
     if is_partitioned(model):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        with full_parameters(model):
             yield model
         return
     device = target_device(model)

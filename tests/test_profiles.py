@@ -125,7 +125,7 @@ def test_stage_launched_by_hand_checks_the_profile_it_runs_under(monkeypatch):
 
 def test_generation_gathers_zero3_partitioned_parameters(monkeypatch):
     """A model whose parameters ZeRO-3 partitioned is generated from inside GatheredParameters."""
-    from align.distributed import generation_ready
+    from align.distributed import full_parameters, generation_ready
 
     gathered = []
 
@@ -150,6 +150,9 @@ def test_generation_gathers_zero3_partitioned_parameters(monkeypatch):
     with generation_ready(model) as ready:
         assert gathered == [2]  # weight and bias, for the whole generation
     assert gathered == [2, "released"]
+    with full_parameters(model):  # e.g. the preference stages' held-out margin before training
+        assert gathered == [2, "released", 2]
+    assert gathered[-1] == "released"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -139,11 +139,14 @@ def heldout_pairs(ctx: StageContext, evaluation) -> list[dict] | None:
 
 def heldout_margin(model, tokenizer, pairs: list[dict] | None) -> dict:
     """Mean log p(chosen) - log p(rejected) over the pairs, and the share where chosen wins."""
+    from align.distributed import full_parameters
+
     if not pairs:
         return {}
     prompts = [p["prompt"] for p in pairs]
-    chosen = completion_logps(model, tokenizer, prompts, [p["chosen"] for p in pairs])
-    rejected = completion_logps(model, tokenizer, prompts, [p["rejected"] for p in pairs])
+    with full_parameters(model):  # ZeRO-3 partitions the policy before training starts
+        chosen = completion_logps(model, tokenizer, prompts, [p["chosen"] for p in pairs])
+        rejected = completion_logps(model, tokenizer, prompts, [p["rejected"] for p in pairs])
     return {"margin": statistics.fmean(c - r for c, r in zip(chosen, rejected)),
             "accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)}
 
