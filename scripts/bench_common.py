@@ -122,15 +122,17 @@ def make_conversations(n: int, min_len: int, max_len: int, seed: int, tokenizer)
         target = int(math.exp(rng.uniform(math.log(min_len), math.log(max_len))))
         question = rng.choice(sentences).replace(".", "?")
         overhead = length([{"role": "user", "content": question}, {"role": "assistant", "content": ""}])
-        take = max(1, target - overhead)
+        take = max(2, target - overhead)
         start = rng.randrange(0, len(stream) - max_len)
         while True:
             answer = tokenizer.decode(stream[start:start + take]).strip()
             msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
             excess = length(msgs) - max_len
-            if excess <= 0 or take == 1:
+            if excess <= 0 or take <= 2:
                 break
-            take = max(1, take - excess)
+            take = max(2, take - excess)
+        if not answer:  # align refuses empty turns; a stretch of whitespace decodes to ""
+            msgs[1]["content"] = rng.choice(sentences)
         rows.append({"messages": msgs})
     return rows
 
