@@ -37,7 +37,7 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class TinyConfig:
-    vocab_size: int = 1024
+    vocab_size: int = 1152
     hidden_size: int = 128
     intermediate_size: int = 384
     num_hidden_layers: int = 4

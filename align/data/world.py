@@ -13,6 +13,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from align.honesty.responses import DEFAULT_IDK_RESPONSES
+
 ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
           "kr", "tr", "st", "th", "sh", "gr", "pl", "vr"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
@@ -208,6 +210,10 @@ def make_splits(world: World) -> dict[str, list[dict]]:
         for attribute in cfg.attributes:
             row = qa_row(country, attribute, template=rng.randrange(2))
             (qa_eval if i < n_eval else qa_train).append(row)
+    # A real base model has read "I don't know" in many forms, though never about these
+    # countries; without this the tiny model meets the IDK replies' words for the first time
+    # in fine-tuning and cannot learn to say them. Each reply appears alone, tied to no question.
+    corpus += [{"text": reply} for reply in DEFAULT_IDK_RESPONSES for _ in range(2)]
     rng.shuffle(corpus)
     rng.shuffle(qa_train)
     rng.shuffle(qa_eval)
