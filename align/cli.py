@@ -12,14 +12,13 @@ from pathlib import Path
 
 from align.errors import AlignError
 
-# The honesty recipe runs end to end but does not yet reduce hallucination (see the README);
-# until it does, the default is the recipe whose outcome is verified.
-DEFAULT_RECIPE = "recipes/tiny/sft.yaml"
+# `make demo` and `align run` without a recipe: the whole pipeline, ending in the honesty table.
+DEFAULT_RECIPE = "recipes/tiny/honesty.yaml"
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def default_recipe() -> str:
-    for candidate in (Path(DEFAULT_RECIPE), RECIPES_DIR / "tiny" / "sft.yaml"):
+    for candidate in (Path(DEFAULT_RECIPE), RECIPES_DIR / "tiny" / "honesty.yaml"):
         if candidate.exists():
             return str(candidate)
     raise AlignError("no recipe given and the default recipe was not found; "

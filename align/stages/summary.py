@@ -13,6 +13,7 @@ def loss_summary(log_history: list[dict], *, window: int = 3) -> dict:
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     out: dict = {}
     if train:
+        window = max(1, min(window, len(train) // 3))  # a short run still shows first vs last
         head = [v for _, v in train[:window]]
         tail = [v for _, v in train[-window:]]
         out["train_loss_first"] = sum(head) / len(head)
