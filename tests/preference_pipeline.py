@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import SMALL_WORLD
@@ -69,6 +70,12 @@ def preference_run(tmp_path_factory) -> dict:
         _cache["run"] = {"artifacts": artifacts, "output": printed.getvalue(),
                          "run_dir": run_dir}
     return _cache["run"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The shared preference run (import this fixture into a test module to use it)."""
+    return preference_run(tmp_path_factory)
 
 
 def derived_recipe(tmp_path_factory, stages: dict, name: str,

@@ -17,7 +17,7 @@ from align.artifacts import MANIFEST, load_artifact
 from align.modeling import artifact_base, load_full, quantization_config
 from align.runner import run_recipe
 from align.stages.preference import build_trainer, sequence_logps
-from preference_pipeline import QUIET, derived_recipe, stage_context, torch_threads
+from preference_pipeline import QUIET, derived_recipe, stage_context
 
 TOLERANCE = 1e-4  # nats per sequence; what we measure is ~1e-6 (float32 rounding of the merge)
 ARGS = {**QUIET, "max_steps": 1, "per_device_train_batch_size": 8, "bf16": False}
@@ -44,12 +44,6 @@ STAGES = {
     "dpo_lora_from_qlora": preference("dpo", "sft_qlora", "lora"),
     "dpo_qlora_from_qlora": preference("dpo", "sft_qlora", "qlora"),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import yaml
 
 from align.runner import run_recipe
@@ -36,7 +35,6 @@ def reduced_recipe(tmp_path, pretrained: str) -> str:
 
 
 def test_dpo_on_idk_pairs_raises_refusal_on_unknown_questions(tmp_path, pretrained_tiny):
-    torch.set_num_threads(1)
     results = run_recipe(reduced_recipe(tmp_path, pretrained_tiny))
     table = results["evaluate"].manifest.metrics["stages"]
     sft, dpo = table["sft"], table["dpo"]

@@ -23,15 +23,6 @@ from align.ppo.rewards import (
 from conftest import SMALL_WORLD
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is as fast, and two spin against each other on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from align.data.world import WorldConfig

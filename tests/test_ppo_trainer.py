@@ -65,16 +65,6 @@ def crashes_later(prompts, completions, **columns):
 
 # -- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matmuls are too small for two threads to help, and on a busy machine
-    two OpenMP threads spin against each other (measured 10x slower); restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """pretrain -> sft -> rm on the small world, once; PPO stages are added next to them."""

@@ -12,24 +12,13 @@ from align.artifacts import load_artifact
 from align.modeling import load_artifact_model, load_tokenizer
 from align.runner import run_recipe
 from align.stages.rm import score_conversations, score_statistics
-from preference_pipeline import (QUIET, derived_recipe, preference_run, torch_threads,
+from preference_pipeline import (QUIET, derived_recipe, preference_run, run,  # noqa: F401
                                  world_rows)
 
 # A 1M-parameter reward model generalises to unseen wrong values only so far: across seeds and
 # settings we measured 0.71 to 0.96 held-out accuracy (24 pairs; chance is 0.5). The bound is set
 # where a broken reward model (a random head, scores on the wrong token) cannot reach.
 MIN_HELDOUT_ACCURACY = 0.65
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return preference_run(tmp_path_factory)
 
 
 def rescore(artifact, rows):
