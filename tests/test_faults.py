@@ -44,6 +44,33 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
     assert "another `align run` is using" in capsys.readouterr().err
 
 
+def test_non_finite_dpo_loss_stops_naming_the_step(tmp_path, capsys):
+    """DPO shares the guard. The NaN is forced by a NaN in the SFT model it starts from."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(1)
+    stages = {"sft": {"kind": "sft", "data": "world:sft",
+                      "args": {"max_steps": 1, "save_steps": 1000, "disable_tqdm": True}},
+              "dpo": {"kind": "dpo", "from": "sft", "method": "lora", "data": "world:preference_train",
+                      "args": {"max_steps": 4, "per_device_train_batch_size": 4, "max_length": 64,
+                               "logging_steps": 1, "save_steps": 1, "disable_tqdm": True}}}
+    path = write_recipe(tmp_path, stages)
+    assert main(["run", path, "--only", "sft"]) == 0
+    weights_file = tmp_path / "run" / "sft" / "model" / "model.safetensors"
+    weights = load_file(str(weights_file))
+    norm = next(k for k in weights if k.endswith("norm.weight"))
+    weights[norm][0] = float("nan")
+    save_file(weights, str(weights_file), metadata={"format": "pt"})
+    capsys.readouterr()
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err
+    # The weights about to be checkpointed, or the logged loss, whichever is checked first.
+    assert "training stopped at step 1: " in err and "Traceback" not in err, err
+    assert "loss is nan" in err or "is not finite, so checkpoint-1 was not written" in err, err
+    assert not (tmp_path / "run" / "dpo").exists() and not (tmp_path / "run" / "dpo.partial").exists()
+
+
 def test_non_finite_weights_are_never_checkpointed():
     import types
 
