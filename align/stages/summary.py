@@ -38,7 +38,11 @@ def metric_parts(metrics: dict) -> list[str]:
         parts.append(f"eval loss {metrics['eval_loss']:.3f}")
         if metrics.get("overfitting"):
             parts.append("OVERFITTING: eval loss rose while train loss fell")
-    for key in ("accuracy", "margin", "heldout_margin_sft", "heldout_margin", "mean_score_last"):
+    if "categories" in metrics:  # the idk builder
+        parts.append("known/unknown/grey " + "/".join(str(metrics["categories"][c])
+                                                      for c in ("known", "unknown", "grey")))
+    for key in ("accuracy", "margin", "heldout_margin_sft", "heldout_margin", "label_agreement",
+                "mean_score_last"):
         if key in metrics and isinstance(metrics[key], (int, float)):
             parts.append(f"{key} {metrics[key]:.3f}")
     return parts
