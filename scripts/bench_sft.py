@@ -167,6 +167,14 @@ def run_one(variant: str, setup_file: Path, workdir: Path, tag: str) -> dict | s
     return data
 
 
+def median_step_rate(r: dict, warmup: int) -> float:
+    """Median over timed steps of (tokens in the step / the step's time): unlike the mean rate, not
+    moved by a rare slow step (a collection, a recompilation)."""
+    kept = [x for x in r["records"] if x[0] >= warmup]
+    rates = [(n1 - n0) / (t1 - t0) for (_, t0, n0), (_, t1, n1) in zip(kept, kept[1:]) if t1 > t0]
+    return statistics.median(rates) if rates else float("nan")
+
+
 def variant_name(text: str) -> str:
     if text.partition("@")[0] not in VARIANTS:
         raise argparse.ArgumentTypeError(f"{text!r}: a variant is one of {', '.join(VARIANTS)}, optionally @ATTN")
@@ -199,23 +207,27 @@ def write_report(path: Path, setup: dict, runs: dict, meta: dict) -> None:
              f"bf16 {'on' if gpu and setup['dtype'] == 'bfloat16' else 'off'}, activation checkpointing "
              f"{'on' if setup['checkpointing'] else 'off'}, sdpa attention unless the variant names another (NAME@ATTN)"
              + (f", {setup['threads']} torch threads" if not gpu else "") + " |", ""]
-    header = "| variant | tokens/s (non-padding) | ratio to padding |"
-    sep = "|---|---:|---:|"
+    header = ("| variant | tokens/s (non-padding), over the timed steps | ratio to padding | median of per-step "
+              "tokens/s | ratio to padding |")
+    sep = "|---|---:|---:|---:|---:|"
     if gpu:
-        header += " model TFLOP/s | MFU | peak GPU memory |"
+        header += " model TFLOP/s (median step) | MFU (median step) | peak GPU memory |"
         sep += "---:|---:|---:|"
     lines += ["## Padding vs padding-free vs packing", "", header, sep]
     base = runs.get("padding")
     for v in [k for k in runs if k != "pairs"]:
         r = runs.get(v)
         if not isinstance(r, dict):
-            lines.append(f"| {v} | failed |  |" + (" | | |" if gpu else ""))
+            lines.append(f"| {v} | failed | | | |" + (" | | |" if gpu else ""))
             continue
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if isinstance(base, dict) else float("nan")
-        row = f"| {v} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x |"
+        med = median_step_rate(r, setup["warmup"])
+        med_ratio = med / median_step_rate(base, setup["warmup"]) if isinstance(base, dict) else float("nan")
+        row = f"| {v} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {med:,.0f} | {med_ratio:.2f}x |"
         if gpu:
-            row += (f" {r['tokens_per_s'] * per_token / 1e12:.0f} | "
-                    f"{mfu(setup, r['tokens_per_s'], meta['peak_tflops']):.1%} | {r.get('peak_gpu_gib', 0):.1f} GiB |")
+            row += (f" {r['tokens_per_s'] * per_token / 1e12:.0f} ({med * per_token / 1e12:.0f}) | "
+                    f"{mfu(setup, r['tokens_per_s'], meta['peak_tflops']):.1%} "
+                    f"({mfu(setup, med, meta['peak_tflops']):.1%}) | {r.get('peak_gpu_gib', 0):.1f} GiB |")
         lines.append(row)
     lines.append("")
     if gpu:
@@ -284,12 +296,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", default=str(bc.ROOT / ".bench" / "sft"))
     parser.add_argument("--out", default=None, help="report path (default benchmarks/sft.md, or sft-gpu.md on cuda)")
+    parser.add_argument("--report-only", metavar="RUNS_JSON",
+                        help="rewrite the report from a runs.json of an earlier run (e.g. one copied off a GPU machine)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--setup-file", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.setup_file), Path(args.result))
+        return
+    if args.report_only:
+        saved = json.loads(Path(args.report_only).read_text())
+        device = saved["setup"]["device"]
+        out = Path(args.out or bc.ROOT / "benchmarks" / ("sft-gpu.md" if device == "cuda" else "sft.md"))
+        write_report(out, saved["setup"], saved["runs"], saved["meta"])
+        print(f"wrote {out}")
         return
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     out = Path(args.out or bc.ROOT / "benchmarks" / ("sft-gpu.md" if args.device == "cuda" else "sft.md"))
