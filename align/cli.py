@@ -25,10 +25,18 @@ def default_recipe() -> str:
                      "run `align ls` to see the shipped recipes.")
 
 
+def split_only(only: list[str] | None, overrides: list[str]) -> tuple[list[str] | None, list[str]]:
+    """`--only a b key=value`: argparse hands the trailing overrides to --only; take them back."""
+    if not only:
+        return only, overrides
+    return [o for o in only if "=" not in o], overrides + [o for o in only if "=" in o]
+
+
 def cmd_run(args) -> int:
     from align.runner import run_recipe
 
     recipe = args.recipe or default_recipe()
+    args.only, args.overrides = split_only(args.only, args.overrides)
     if not args.no_validate:
         from align.validate import validate_recipe
 

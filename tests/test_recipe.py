@@ -181,3 +181,13 @@ def test_every_shipped_profile_validates_and_launches_through_accelerate():
         assert cmd[6:] == ["align", "stage", recipe, "--stage", "sft", "seed=1"]
     with pytest.raises(Exception, match="unknown accelerate profile 'zero4'.*zero3"):
         profile_path("zero4")
+
+
+def test_overrides_after_only_are_overrides_not_stage_names():
+    from align.cli import build_parser, split_only
+
+    args = build_parser().parse_args(["run", "r.yaml", "--only", "sft", "rm", "seed=1",
+                                      "stages.sft.args.learning_rate=1e-4"])
+    assert args.only == ["sft", "rm", "seed=1", "stages.sft.args.learning_rate=1e-4"]
+    assert split_only(args.only, args.overrides) == (
+        ["sft", "rm"], ["seed=1", "stages.sft.args.learning_rate=1e-4"])
