@@ -9,8 +9,12 @@ process, so no allocator state carries over.
 Measured per method:
   - resident memory (RSS) after the imports, after loading, and the peak during the step
     (Linux: the peak is reset through /proc/self/clear_refs just before the step);
+  - anonymous RSS (what the process allocated, without mapped safetensors pages), sampled
+    every 2 ms during the step;
   - on a GPU, allocated GPU memory after loading and its peak during the step.
-The goal is QLoRA at most 0.4x full fine-tuning; the report gives the ratios.
+The goal is QLoRA at most 0.4x full fine-tuning (judged on peak anonymous RSS on a CPU, on
+peak allocated memory on a GPU); the report gives the ratios. --batch-size and --seq-len set the
+step's tokens, whose activations every method pays alike.
 
     nice -n 10 .venv/bin/python scripts/bench_memory.py                 # CPU, float32
     python scripts/bench_memory.py --device cuda                        # GPU, bfloat16
@@ -230,7 +234,7 @@ def write_report(path: Path, setup: dict, results: dict, meta: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(bc.PRESETS), default="100m", help="model size (default 100m)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu, or cuda: one GPU")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="weights' and compute dtype (default: float32 on cpu, bfloat16 on cuda)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))

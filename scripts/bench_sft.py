@@ -16,8 +16,11 @@ Throughput is non-padding tokens per second over the steps after --warmup (TRL's
 `num_tokens` count, read at every step). The align/bare pair runs --repeats times, alternating
 which goes first. Nothing is asserted: the report gives ratios.
 
-    nice -n 10 .venv/bin/python scripts/bench_sft.py                 # CPU, small model
-    python scripts/bench_sft.py --preset 0.5b --device cuda --steps 40 --batch-size 8
+    nice -n 10 .venv/bin/python scripts/bench_sft.py --max-len 512 --batch-size 4 --steps 10 \
+        --warmup 2 --rows 200 --repeats 3                            # CPU, small model (sft.md)
+    python scripts/bench_sft.py --preset 0.5b --device cuda --steps 30 --warmup 8 --batch-size 8 \
+        --max-len 2048 --rows 600 --variants padding padding_free packing \
+        packing@flex_attention padding_free@flex_attention           # one GPU, 0.5B (sft.md)
 
 --preset small|100m|0.5b picks the model (0.5b: Qwen2.5-0.5B's shape). On a GPU the report also
 gives model FLOPs utilisation against --peak-tflops (default: 989, H100 SXM dense bf16).
@@ -288,7 +291,7 @@ def write_report(path: Path, setup: dict, runs: dict, meta: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(bc.PRESETS), default="small", help="model size (default small)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu, or cuda: one GPU")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="weights' dtype (default: float32 on cpu, bfloat16 on cuda, with bf16 training)")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (default 20)")
