@@ -27,17 +27,17 @@ def stages() -> dict:
     return {
         "sft": {"kind": "sft", "data": "world:sft", "args": {**FAST, "max_steps": 2, "save_steps": 1000}},
         "dpo": {"kind": "dpo", "from": "sft", "method": "lora", "data": "world:preference_train",
-                "args": {**FAST, "max_steps": 16, "save_steps": 2, "max_length": 64}},
+                "args": {**FAST, "max_steps": 6, "save_steps": 2, "max_length": 64}},
         "ppo": {"kind": "ppo", "from": "sft",
                 "data": {"train": {"world": "qa_train", "columns": {"question": "prompt"}}},
                 "args": {"rewards": [{"source": "align.ppo.rewards:correct_answer"}],
                          "value_model": "policy", "batch_size": 4, "mini_batch_size": 4,
-                         "ppo_epochs": 1, "total_episodes": 32, "response_length": 8,
+                         "ppo_epochs": 1, "total_episodes": 16, "response_length": 8,
                          "learning_rate": 1e-5, "save_steps": 2, "disable_tqdm": True}},
         "idk": {"kind": "idk", "from": "sft",
-                "options": {"k": 2, "batch_size": 4, "max_new_tokens": 8}},
+                "options": {"k": 2, "batch_size": 16, "max_new_tokens": 8}},
         "evaluate": {"kind": "evaluate", "from": ["sft", "dpo", "ppo"],
-                     "options": {"batch_size": 4, "max_new_tokens": 8}},
+                     "options": {"batch_size": 16, "max_new_tokens": 8}},
     }
 
 
@@ -101,7 +101,7 @@ def test_kill_during_each_stage_kind_then_resume(tmp_path, pretrained_tiny):
     assert "sft: up to date, skipped" in out and "dpo (dpo): resuming" in out
     assert "[dpo] resuming from checkpoint-" in out
     dpo = manifest(run, "dpo")
-    assert dpo["metrics"]["steps"] == 16 and not (run / "ppo").exists()
+    assert dpo["metrics"]["steps"] == 6 and not (run / "ppo").exists()
     assert len(checkpoints(run, "ppo")) <= 2  # save_total_limit
 
     # 3. PPO resumes and finishes; killed during the IDK probe (its generation has begun).
@@ -111,7 +111,7 @@ def test_kill_during_each_stage_kind_then_resume(tmp_path, pretrained_tiny):
     out = logs[2].read_text()
     assert "[ppo] resuming from checkpoint-" in out
     ppo = manifest(run, "ppo")
-    assert ppo["metrics"]["steps"] == 8 and not (run / "idk").exists()
+    assert ppo["metrics"]["steps"] == 4 and not (run / "idk").exists()
 
     # 4. The probe is redone and finishes; killed during evaluation (generation has begun).
     proc = start(path, logs[3])
