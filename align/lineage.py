@@ -20,9 +20,9 @@ IDENTITY_KEYS = ("name_or_path", "revision", "tiny")
 
 
 def base_identity(model: dict, world: dict | None) -> dict:
-    identity = {k: model.get(k) for k in IDENTITY_KEYS}
+    identity = {k: model.get(k) or None for k in IDENTITY_KEYS}  # unset, {} and None alike
     if model.get("name_or_path") == "tiny":
-        identity["world"] = world or {}  # the tiny model's tokenizer is trained on the world
+        identity["world"] = world or None  # the tiny model's tokenizer is trained on the world
     return identity
 
 
