@@ -6,6 +6,7 @@ User errors (AlignError) print one paragraph and exit 2, with no traceback unles
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -57,19 +58,25 @@ def cmd_stage(args) -> int:
 
     state = process_state()
     launched_by_run = bool(os.environ.get("ALIGN_LAUNCHED"))  # `align run` did both already
+    lock = contextlib.nullcontext()
     if not launched_by_run and state.is_main_process:
-        from align.runner import prepare_world
+        from align.runner import run_lock
 
-        prepare_world(recipe)  # one writer; the other ranks wait below
-    state.wait_for_everyone()
-    from align.runner import current_artifact
+        lock = run_lock(recipe.output_dir())  # by hand: not beside an `align run` on the same dir
+    with lock:
+        if not launched_by_run and state.is_main_process:
+            from align.runner import prepare_world
 
-    was_current = current_artifact(recipe, args.stage) is not None
-    artifact = execute_stage(recipe, args.stage)
-    if not (launched_by_run or was_current) and state.is_main_process and artifact is not None:
-        from align.runner import push_stage
+            prepare_world(recipe)  # one writer; the other ranks wait below
+        state.wait_for_everyone()
+        from align.runner import current_artifact
 
-        push_stage(recipe, args.stage, artifact)
+        was_current = current_artifact(recipe, args.stage) is not None
+        artifact = execute_stage(recipe, args.stage)
+        if not (launched_by_run or was_current) and state.is_main_process and artifact is not None:
+            from align.runner import push_stage
+
+            push_stage(recipe, args.stage, artifact)
     return 0
 
 

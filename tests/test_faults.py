@@ -41,7 +41,11 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
                                            "args": {"max_steps": 1}}})
     with run_lock(tmp_path / "run"):
         assert main(["run", path]) == 2
-    assert "another `align run` is using" in capsys.readouterr().err
+        assert "another `align run` is using" in capsys.readouterr().err
+        # `align stage` by hand takes the same lock (under `align run` it runs inside its lock).
+        assert main(["stage", path, "--stage", "sft"]) == 2
+        assert "another `align run` is using" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "sft.partial").exists()
 
 
 def test_non_finite_dpo_loss_stops_naming_the_step(tmp_path, capsys):
