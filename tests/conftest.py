@@ -13,6 +13,13 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from transformers.utils import logging as _hf_logging  # noqa: E402
+
+# transformers creates its log handler on first use, bound to the sys.stderr of that moment. Made
+# inside a test that captures output (capsys), it would write to a closed stream for the rest of
+# the session ("--- Logging error ---" tracebacks in later tests' stderr); made here, at
+# collection, it binds to a stream that lives as long as the session.
+_hf_logging.get_logger("transformers")
 
 
 @pytest.fixture(scope="session", autouse=True)
