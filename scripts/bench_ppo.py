@@ -24,12 +24,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRL_PYTHON = ROOT / ".bench" / "trl112" / "bin" / "python"
@@ -242,22 +244,6 @@ def write_capital_pairs(workdir: Path) -> dict:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = "load average %.2f, %.2f, %.2f" % os.getloadavg()
-    except OSError:
-        load = "load unknown"
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()} ({load} at the start)"
-
-
 def launch(python: Path, which: str, setup_file: Path, out: Path, log: Path) -> dict | str:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1",
                PYTHONPATH=str(ROOT))
@@ -420,7 +406,7 @@ def main() -> None:
         print(f"wrote {args.out}")
         return
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    host = machine()
+    host = bc.machine()
     command = " ".join([".venv/bin/python", "scripts/bench_ppo.py", *sys.argv[1:]])
     setup = setup_models(workdir, args.threads)
     setup.update(workdir=str(workdir), threads=args.threads, hyper={
