@@ -10,6 +10,7 @@ the tokenizer only ever emits ids below 1024.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -227,3 +228,20 @@ def versions() -> str:
         except PackageNotFoundError:
             pass
     return ", ".join(out)
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring as the help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def model_arguments(parser: argparse.ArgumentParser, default_preset: str, dtype_help: str) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset,
+                        help=f"model size (default {default_preset})")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu, or cuda: one GPU")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=dtype_help)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))

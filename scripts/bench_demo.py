@@ -17,7 +17,6 @@ KEY=VALUE arguments are passed to `align run` as dotted overrides; the report sa
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -112,12 +111,11 @@ def write_report(path: Path, result: dict, meta: dict) -> None:
     lines += ["Wall time is from the runner's lines: a stage runs from its \"running\" line to its one-line "
               "report. The manifest's time is the stage's own, from its context's creation to its manifest; "
               "the difference is loading inputs and, under a multi-process profile, launching processes.", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    bc.write_lines(path, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bc.script_parser(__doc__)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides for `align run`")
     parser.add_argument("--recipe", default=None, help="recipe (default: the one `align run` runs by default)")
     parser.add_argument("--workdir", default=str(bc.ROOT / ".bench" / "demo"),

@@ -227,16 +227,13 @@ def write_report(path: Path, setup: dict, results: dict, meta: dict) -> None:
     for m, r in results.items():
         if isinstance(r, str):
             lines += [f"{m} failed:", "", "```", r, "```", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    bc.write_lines(path, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(bc.PRESETS), default="100m", help="model size (default 100m)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu, or cuda: one GPU")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="weights' and compute dtype (default: float32 on cpu, bfloat16 on cuda)")
+    parser = bc.script_parser(__doc__)
+    bc.model_arguments(parser, "100m",
+                       "weights' and compute dtype (default: float32 on cpu, bfloat16 on cuda)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--batch-size", type=int, default=4, help="rows in the step (default 4)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per row (default 256)")

@@ -360,12 +360,11 @@ def write_report(path: Path, setup: dict, configs: list[dict], command: str, sta
         "median. CPU seconds (process time, one torch thread) count the work each trainer did and are "
         "steadier under that load (though not immune: a busy machine also slows each CPU second).", "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    bc.write_lines(path, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bc.script_parser(__doc__)
     parser.add_argument("--episodes", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--mini-batch-size", type=int, default=8)

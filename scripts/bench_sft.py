@@ -250,7 +250,6 @@ def write_report(path: Path, setup: dict, runs: dict, meta: dict) -> None:
                   "(H100 SXM dense bf16 datasheet figure; a large bf16 matrix product measures about 800 here).",
                   ""]
     pairs = runs.get("pairs", [])
-    ok = [(a, b) for a, b in pairs if isinstance(a, dict) and isinstance(b, dict)]
     lines += ["## align's sft stage vs a bare SFTTrainer script", "",
               "Same model, data and SFTConfig settings (the `padding` variant); the bare script also saves the "
               "model and tokenizer, as the stage does. Neither writes a checkpoint (save_steps past max_steps). "
@@ -284,16 +283,13 @@ def write_report(path: Path, setup: dict, runs: dict, meta: dict) -> None:
     if not gpu:
         lines += ["On a shared CPU, wall-clock figures move with the load of other jobs; the align/bare pairs "
                   "alternate order so a change in load hits both alike.", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    bc.write_lines(path, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(bc.PRESETS), default="small", help="model size (default small)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu, or cuda: one GPU")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="weights' dtype (default: float32 on cpu, bfloat16 on cuda, with bf16 training)")
+    parser = bc.script_parser(__doc__)
+    bc.model_arguments(parser, "small",
+                       "weights' dtype (default: float32 on cpu, bfloat16 on cuda, with bf16 training)")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the throughput (default 3)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
