@@ -242,6 +242,13 @@ def model_arguments(parser: argparse.ArgumentParser, default_preset: str, dtype_
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=dtype_help)
 
 
+def worker_arguments(parser: argparse.ArgumentParser, choices=None) -> None:
+    """The hidden flags with which a benchmark runs one of its variants in a child process."""
+    parser.add_argument("--worker", choices=choices, help=argparse.SUPPRESS)
+    parser.add_argument("--setup-file", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+
+
 def write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

@@ -22,7 +22,6 @@ step's tokens, whose activations every method pays alike.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -241,9 +240,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workdir", default=str(bc.ROOT / ".bench" / "memory"))
     parser.add_argument("--out", default=None, help="report (default benchmarks/memory.md, memory-gpu.md on cuda)")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--setup-file", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    bc.worker_arguments(parser, METHODS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.setup_file), Path(args.result))

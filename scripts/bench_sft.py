@@ -310,9 +310,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="report path (default benchmarks/sft.md, or sft-gpu.md on cuda)")
     parser.add_argument("--report-only", metavar="RUNS_JSON",
                         help="rewrite the report from a runs.json of an earlier run (e.g. one copied off a GPU machine)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--setup-file", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    bc.worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.setup_file), Path(args.result))
