@@ -35,3 +35,14 @@ def test_idk_stage_probes_and_writes_training_files(tmp_path, pretrained_tiny):
     refusals = [r for r in read("sft") if r["messages"][1]["content"] in
                 artifact.manifest.metrics["probe"]["idk_responses"]]
     assert len(refusals) == stats["categories"]["unknown"]
+
+
+def test_probe_rows_label_an_evaluation_set():
+    """Real QA has no `known` column: an idk probe of the SFT model supplies it, grey left out."""
+    from align.stages.evaluate import labels_from_probe
+
+    probe = [{"question": "q1", "answers": ["a"], "category": "known"},
+             {"question": "q2", "answers": ["b"], "category": "grey"},
+             {"question": "q3", "answers": ["c"], "category": "unknown"}]
+    rows = labels_from_probe(probe)
+    assert [(r["question"], r["known"]) for r in rows] == [("q1", True), ("q3", False)]

@@ -26,12 +26,21 @@ def evaluation_rows(ctx: StageContext, default: str = "qa_eval", need_known: boo
     required = QA_COLUMNS if need_known else QA_COLUMNS - {"known"}
     rows = []
     for name, part in load_rows(sources, ctx.read_source, ctx.recipe.seed):
+        if need_known and part and "known" not in part[0] and "category" in part[0]:
+            part = labels_from_probe(part)
         check_columns(part, required, name)
         for row in part:
             if isinstance(row["answers"], str):
                 row["answers"] = [row["answers"]]
         rows += part
     return rows
+
+
+def labels_from_probe(rows: list[dict]) -> list[dict]:
+    """An idk stage's probe rows as labelled QA: real QA data has no `known` column, so what a
+    model knows is what a probe of it found (its grey zone left out)."""
+    return [{**row, "known": row["category"] == "known"} for row in rows
+            if row.get("category") in ("known", "unknown")]
 
 
 def evaluate_artifacts(artifacts: dict, rows: list[dict], options: dict, *, trust_remote_code=False,
