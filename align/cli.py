@@ -183,24 +183,22 @@ def run_report_of(artifact: str) -> str | None:
     return None
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def argument_type(cast, kind: str, ok, rule: str):
+    """An argparse type: `cast`, then `ok(value)`, each refused with a message saying what is needed."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got '{text}'") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+    parse.__name__ = kind  # argparse names the type in its "invalid ... value" message
+    return parse
 
 
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got '{text}'") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+positive_int = argument_type(int, "a whole number", lambda v: v > 0, "at least 1")
+probability = argument_type(float, "a number", lambda v: 0 <= v <= 1, "between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
