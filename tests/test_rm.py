@@ -15,9 +15,12 @@ from align.stages.rm import score_conversations, score_statistics
 from preference_pipeline import (QUIET, derived_recipe, preference_run, run,  # noqa: F401
                                  world_rows)
 
-# A 1M-parameter reward model generalises to unseen wrong values only so far: across seeds and
-# settings we measured 0.71 to 0.96 held-out accuracy (24 pairs; chance is 0.5). The bound is set
-# where a broken reward model (a random head, scores on the wrong token) cannot reach.
+# On the shared 24-country run a 1M-parameter reward model generalises to unseen wrong values only
+# so far: across world seeds 0-2 we measured 1.00, 0.79 and 0.58 held-out accuracy (24 pairs;
+# chance is 0.5). The bound is set where a broken reward model (a random head, scores on the wrong
+# token) cannot reach. With 48 countries (400 pretraining steps) we measured 0.896-0.958 over four
+# seeds, and with the recipe's 160 countries 0.956-0.975 over three: the 0.9 holds at
+# recipe size, and is not asserted here, where it would take minutes per run.
 MIN_HELDOUT_ACCURACY = 0.65
 
 
