@@ -4,6 +4,7 @@ these check what is scored and how, not that anything learns)."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -108,10 +109,12 @@ def test_rm_with_its_own_tokenizer_re_renders_the_conversation(tiny):
 
 
 def fake_rm_artifact(root, model_dir, metrics):
+    """An artifact around a copy of `model_dir` (an artifact may only name files inside it)."""
     root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, root / "model")
     manifest = Manifest(name="rm", kind="rm", status="complete", config_hash="x", config={},
-                        model=ModelRef(type="full", path=str(model_dir), task="sequence-classification"),
-                        tokenizer=str(model_dir), metrics=metrics)
+                        model=ModelRef(type="full", path="model", task="sequence-classification"),
+                        tokenizer="model", metrics=metrics)
     write_json_atomic(root / "artifact.json", manifest.to_dict())
     return load_artifact(root)
 
