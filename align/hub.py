@@ -291,6 +291,30 @@ def _usage(artifact: Artifact, repo_id: str) -> str:
     return "```python\n" + "\n".join(lines) + "\n```"
 
 
+def upstream_stages(artifact: Artifact) -> tuple[list[str], list[str]]:
+    """(the chain of model stages this model descends from, oldest first; the data-only stages
+    that fed it). Upstream artifacts are read from beside this one, as a run directory holds
+    them; the chain stops where one is missing."""
+    from align.artifacts import read_manifest
+
+    chain, data = [], []
+    current = artifact.manifest
+    while current is not None:
+        parent = None
+        for name in current.inputs:
+            upstream = read_manifest(artifact.path.parent / name)
+            if upstream is None:
+                continue
+            if upstream.model is None:
+                data.append(name)
+            elif parent is None:
+                parent = upstream
+        if parent is not None:
+            chain.append(parent.name)
+        current = parent
+    return chain[::-1], list(dict.fromkeys(data))
+
+
 def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) -> str:
     """README.md for the repo: Hub metadata, what the model is, its recipe, metrics, usage."""
     manifest = artifact.manifest
@@ -332,9 +356,13 @@ def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) 
     if not root_on_hub:
         out += ["", f"The lineage started from a local model (`{scrub_paths(root)}`), not a Hub "
                 "repository, so this card sets no `base_model` metadata."]
-    lineage = [f"`{scrub_paths(root)}`", *[f"`{name}`" for name in manifest.inputs],
+    models, data = upstream_stages(artifact)
+    lineage = [f"`{scrub_paths(root)}`", *[f"`{name}`" for name in models],
                f"**`{manifest.name}`** (this repo)"]
-    out += ["", "## Lineage", "", " → ".join(dict.fromkeys(lineage)), "",
+    out += ["", "## Lineage", "", " → ".join(dict.fromkeys(lineage))]
+    if data:
+        out += ["", "Trained on data made by " + ", ".join(f"`{name}`" for name in data) + "."]
+    out += ["",
             f"- stage: `{manifest.name}`, kind `{manifest.kind}`",
             f"- method: `{model.method}` ({method})",
             f"- task: `{model.task}`",
