@@ -439,3 +439,22 @@ def test_dry_run_makes_no_request_and_needs_no_token(tmp_path, hub):
     size = (art / "model/adapter_model.safetensors").stat().st_size
     assert "adapter_model.safetensors" in text and f"{size} B" in text
     assert result.card in text and "optimizer" not in text
+
+
+def test_lineage_follows_the_model_chain_and_names_data_stages_apart(tmp_path):
+    from align.artifacts import Manifest, ModelRef, load_artifact, write_json_atomic
+    from align.hub import upstream_stages
+
+    def stage(name, inputs, model=True):
+        (tmp_path / name).mkdir()
+        manifest = Manifest(name=name, kind=name, status="complete", config_hash=name, config={},
+                            inputs={i: i for i in inputs},
+                            model=ModelRef(type="full", path="model") if model else None)
+        write_json_atomic(tmp_path / name / "artifact.json", manifest.to_dict())
+
+    stage("pretrain", [])
+    stage("sft", ["pretrain"])
+    stage("idk", ["sft"], model=False)
+    stage("rm", ["sft", "idk"])
+    stage("ppo", ["sft", "rm", "idk"])
+    assert upstream_stages(load_artifact(tmp_path / "ppo")) == (["pretrain", "sft"], ["idk"])
