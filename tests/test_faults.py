@@ -48,15 +48,17 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "sft.partial").exists()
 
 
-def test_non_finite_dpo_loss_stops_naming_the_step(tmp_path, capsys):
-    """DPO shares the guard. The NaN is forced by a NaN in the SFT model it starts from."""
+@pytest.mark.parametrize("kind", ["dpo", "kto", "orpo", "rm"])
+def test_non_finite_preference_loss_stops_naming_the_step(tmp_path, capsys, kind):
+    """The preference stages and the reward model share the guard. The NaN is forced by a NaN in
+    the SFT model they start from (KTO reads the pairs unpaired)."""
     import torch
     from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(1)
     stages = {"sft": {"kind": "sft", "data": "world:sft",
                       "args": {"max_steps": 1, "save_steps": 1000, "disable_tqdm": True}},
-              "dpo": {"kind": "dpo", "from": "sft", "method": "lora", "data": "world:preference_train",
+              kind: {"kind": kind, "from": "sft", "method": "lora", "data": "world:preference_train",
                       "args": {"max_steps": 4, "per_device_train_batch_size": 4, "max_length": 64,
                                "logging_steps": 1, "save_steps": 1, "disable_tqdm": True}}}
     path = write_recipe(tmp_path, stages)
@@ -72,7 +74,7 @@ def test_non_finite_dpo_loss_stops_naming_the_step(tmp_path, capsys):
     # The weights about to be checkpointed, or the logged loss, whichever is checked first.
     assert "training stopped at step 1: " in err and "Traceback" not in err, err
     assert "loss is nan" in err or "is not finite, so checkpoint-1 was not written" in err, err
-    assert not (tmp_path / "run" / "dpo").exists() and not (tmp_path / "run" / "dpo.partial").exists()
+    assert not (tmp_path / "run" / kind).exists() and not (tmp_path / "run" / f"{kind}.partial").exists()
 
 
 def test_non_finite_weights_are_never_checkpointed():
