@@ -250,9 +250,9 @@ class StageDirs:
 
     def _promote(self) -> None:
         """Partial (with a complete manifest) -> final: drop the resume state, then swap."""
+        self.drop_temporaries()
         shutil.rmtree(self.checkpoints, ignore_errors=True)
-        for leftover in [self.partial / PROGRESS, *self.partial.glob(".*.tmp")]:
-            leftover.unlink(missing_ok=True)
+        (self.partial / PROGRESS).unlink(missing_ok=True)
         if self.final.exists():
             replaced = self.run_dir / ".replaced" / f"{self.name}-{time.time_ns()}"
             replaced.parent.mkdir(parents=True, exist_ok=True)

@@ -13,31 +13,29 @@ from pathlib import Path
 REPORT_FILE = "report.md"
 CURVES_FILE = "curves.png"
 
-# What to draw for each kind of history row: (title, x key, [(label, y key)]).
-TRAINER_SERIES = [("train loss", "loss"), ("eval loss", "eval_loss")]
-PPO_SERIES = [("score", "score_raw"), ("KL", "kl")]
+# Where a stage keeps its log (Trainer stages: the `history` file; PPO: its `stats` file) and
+# what to draw of it: x label, [(series label, key)].
+TRAINER_LOG = ("history", "step", [("train loss", "loss"), ("eval loss", "eval_loss")])
+PPO_LOG = ("stats", "PPO step", [("score", "score_raw"), ("KL", "kl")])
+SECOND_AXIS = "KL"  # on another scale than the score it is drawn with
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stage_history(artifact) -> tuple[str, list[tuple[str, list[tuple[float, float]]]]]:
-    """(x label, [(series label, [(x, y), ...])]) for one artifact; empty when it has none."""
+    """(x label, [(series label, [(step, value), ...])]) for one artifact; no series when it
+    kept no log (data stages, evaluation)."""
     files = artifact.manifest.files or {}
-    if "history" in files:
-        rows, x_key, series, x_label = read_jsonl(artifact.path / files["history"]), "step", TRAINER_SERIES, "step"
-    elif "stats" in files and artifact.manifest.kind == "ppo":
-        rows, x_key, series, x_label = read_jsonl(artifact.path / files["stats"]), "step", PPO_SERIES, "PPO step"
-    else:
+    role, x_label, series = PPO_LOG if artifact.manifest.kind == "ppo" else TRAINER_LOG
+    if role not in files:
         return "", []
+    rows = read_jsonl(artifact.path / files[role])
     out = []
     for label, key in series:
-        points = [(row[x_key], row[key]) for row in rows
-                  if key in row and x_key in row and isinstance(row[key], (int, float))
-                  and math.isfinite(row[key])]
+        points = [(row["step"], row[key]) for row in rows if "step" in row
+                  and isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
         if points:
             out.append((label, points))
     return x_label, out
@@ -58,19 +56,20 @@ def plot_curves(artifacts: dict, path: Path) -> Path | None:
     FigureCanvasAgg(fig)
     for i, (name, x_label, series) in enumerate(panels, 1):
         ax = fig.add_subplot(rows, columns, i)
+        lines = []
         for label, points in series:
             xs, ys = zip(*points)
-            # PPO's KL lives on another scale than its score: give it its own axis.
-            target = ax.twinx() if label == "KL" else ax
-            target.plot(xs, ys, label=label, color="tab:red" if label == "KL" else None,
-                        marker="o" if len(xs) < 8 else None, markersize=3)
-            target.set_ylabel(label if label == "KL" else "", fontsize=8)
+            target = ax
+            if label == SECOND_AXIS:
+                target = ax.twinx()
+                target.set_ylabel(label, fontsize=8)
+            lines += target.plot(xs, ys, label=label,
+                                 color="tab:red" if label == SECOND_AXIS else None,
+                                 marker="o" if len(xs) < 8 else None, markersize=3)
         ax.set_title(f"{name} ({artifacts[name].manifest.kind})", fontsize=10)
         ax.set_xlabel(x_label, fontsize=8)
         ax.grid(alpha=0.3)
-        handles = [h for a in fig.axes if a.bbox.bounds == ax.bbox.bounds
-                   for h in a.get_legend_handles_labels()[0]]
-        ax.legend(handles=handles, fontsize=7, loc="best")
+        ax.legend(handles=lines, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     return path

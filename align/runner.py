@@ -97,10 +97,15 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
 
 # -- one stage ---------------------------------------------------------------------------------
 
+def inputs_and_hash(recipe: Recipe, name: str) -> tuple[dict, str]:
+    """The stage's finished upstream artifacts and the hash its own artifact must carry."""
+    inputs = finished_inputs(recipe, name)
+    return inputs, stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
+
+
 def current_artifact(recipe: Recipe, name: str):
     """The stage's finished artifact when it is up to date (same hash), else None."""
-    inputs = finished_inputs(recipe, name)
-    digest = stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
+    _, digest = inputs_and_hash(recipe, name)
     return StageDirs(recipe.output_dir(), name).finished(digest)
 
 
@@ -110,12 +115,11 @@ def execute_stage(recipe: Recipe, name: str):
     from align.stages import stage_module
     from align.stages.context import StageContext
 
-    finished = current_artifact(recipe, name)
+    inputs, digest = inputs_and_hash(recipe, name)
+    dirs = StageDirs(recipe.output_dir(), name)
+    finished = dirs.finished(digest)
     if finished:
         return finished
-    inputs = finished_inputs(recipe, name)
-    digest = stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
-    dirs = StageDirs(recipe.output_dir(), name)
     from align.stages.context import process_state
 
     state = process_state()
@@ -204,8 +208,7 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
         for i, name in enumerate(order, 1):
             if only and name not in only and not StageDirs(run_dir, name).final.exists():
                 continue  # not asked for and never built: its inputs may not exist yet
-            inputs = finished_inputs(recipe, name)
-            digest = stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
+            _, digest = inputs_and_hash(recipe, name)
             dirs = StageDirs(run_dir, name)
             dirs.recover(digest)  # a commit a kill interrupted: finish it, do not redo the stage
             done = dirs.finished(digest)

@@ -65,3 +65,16 @@ def test_kill_during_stage_then_resume(tmp_path):
     sft = json.loads((run / "sft" / "artifact.json").read_text())
     assert sft["status"] == "complete" and sft["metrics"]["steps"] == 150
     assert not (run / "sft.partial").exists()
+
+
+def test_data_fingerprint_follows_names_and_contents_not_the_directory(tmp_path):
+    """A run directory or recipe that moves keeps its hashes; an edited data file does not."""
+    from align.artifacts import file_fingerprint
+
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "train.jsonl").write_text('{"text": "x"}\n')
+    same = [file_fingerprint([tmp_path / w / "train.jsonl"]) for w in ("a", "b")]
+    assert same[0] == same[1]
+    (tmp_path / "b" / "train.jsonl").write_text('{"text": "y"}\n')
+    assert file_fingerprint([tmp_path / "b" / "train.jsonl"]) != same[0]

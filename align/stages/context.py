@@ -255,7 +255,6 @@ class StageContext:
         different shards on each rank, so `replicas_identical` is None there.
         """
         import hashlib
-        import json
 
         from accelerate.utils import gather_object
 
