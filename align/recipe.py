@@ -225,6 +225,16 @@ class Recipe(Strict):
 # Loading and overrides
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """Safe YAML that reads `1e-4` as a number. PyYAML follows YAML 1.1, where a float needs a dot
+    (`1.0e-4`), so the way learning rates are usually written would arrive as a string."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError(f"override '{text}' is not of the form key.path=value "
@@ -244,7 +254,7 @@ def coerce_scalar(raw: str) -> Any:
         except ValueError:
             pass
     try:
-        return yaml.safe_load(raw) if raw else ""
+        return yaml.load(raw, RecipeLoader) if raw else ""
     except yaml.YAMLError:
         return raw
 
@@ -268,7 +278,7 @@ def load_yaml(path: Path) -> dict:
     if not path.exists():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), RecipeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -129,6 +129,18 @@ def test_overrides_are_typed_and_reach_stage_args(tmp_path):
     assert recipe.stages["sft"].args["bf16"] is False
 
 
+def test_exponent_floats_in_a_recipe_file_are_numbers(tmp_path):
+    """`1e-4` is a string to YAML 1.1 (PyYAML); a recipe reads it as the number everyone means."""
+    path = write(tmp_path, GOOD, [SFT_ROW])
+    path.write_text(path.read_text().replace("learning_rate: 0.001", "learning_rate: 1e-4")
+                    .replace("max_steps: 2", "max_steps: 2\n      weight_decay: 5E-3"))
+    assert "learning_rate: 1e-4" in path.read_text()
+    recipe = load_recipe(path)
+    assert recipe.stages["sft"].args["learning_rate"] == 1e-4
+    assert recipe.stages["pretrain"].args["weight_decay"] == 5e-3
+    assert load_recipe(path, ["stages.sft.args.run_name=1e4x"]).stages["sft"].args["run_name"] == "1e4x"
+
+
 def test_override_typo_is_caught_like_a_recipe_typo(tmp_path):
     path = write(tmp_path, GOOD, [SFT_ROW])
     with pytest.raises(RecipeError, match="Did you mean 'learning_rate'"):
