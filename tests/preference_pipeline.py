@@ -17,13 +17,20 @@ from conftest import SMALL_WORLD
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "preference.yaml"
 TRAINED = ("pretrain", "sft", "rm", "dpo", "kto", "orpo")  # evaluate is left out: generation
 QUIET = {"disable_tqdm": True, "logging_steps": 5, "save_steps": 1000}
-# Test-size training: few steps on SMALL_WORLD, float32 throughout (no CPU bf16 autocast).
+# Twice the countries of SMALL_WORLD (48 held-out pairs, so one pair is 2%), each fact's pairs
+# with every other value of its attribute but the held-out one: with fewer facts, or four wrong
+# values per fact, the reward model learned its pairs rather than the facts (0.46-1.00 held-out
+# accuracy over world seeds 0-5 at 24 countries).
+WORLD = {**SMALL_WORLD, "n_entities": 48, "preference_wrong_values": 10}
+# Test-size training: few steps, float32 throughout (no CPU bf16 autocast). Pretraining long
+# enough that the SFT model knows its facts in every phrasing (it prefers the true value in
+# 92-100% of held-out pairs by log-probability).
 SIZES = {
-    "pretrain": {"max_steps": 150, "per_device_train_batch_size": 16,
+    "pretrain": {"max_steps": 400, "per_device_train_batch_size": 16,
                  "lr_scheduler_type": "linear", "warmup_steps": 0, "bf16": False},
-    "sft": {"max_steps": 100, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
+    "sft": {"max_steps": 200, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
             "lr_scheduler_type": "linear", "bf16": False},
-    "rm": {"max_steps": 150, "learning_rate": 1e-3},
+    "rm": {"max_steps": 300, "learning_rate": 3e-4},
     # Fewer steps than the recipe's epoch, so a little more learning rate.
     "dpo": {"max_steps": 40, "learning_rate": 1e-3},
     "kto": {"max_steps": 40, "learning_rate": 3e-4},
@@ -35,7 +42,7 @@ _cache: dict[str, dict] = {}
 
 def overrides(run_dir: Path) -> list[str]:
     out = [f"run_dir={run_dir}", "stages.sft.data.eval_fraction=0"]
-    out += [f"world.{k}={v}" for k, v in SMALL_WORLD.items()]
+    out += [f"world.{k}={v}" for k, v in WORLD.items()]
     for stage, args in SIZES.items():
         out += [f"stages.{stage}.args.{k}={yaml.safe_dump(v).splitlines()[0]}"
                 for k, v in {**QUIET, **args}.items()]

@@ -19,12 +19,11 @@ from align.modeling import load_artifact_model, load_tokenizer
 from align.runner import run_recipe
 from align.stages.preference import heldout_margin
 from align.validate import validate_recipe
-from conftest import SMALL_WORLD
-from preference_pipeline import (RECIPE, TRAINED, derived_recipe, overrides, run,  # noqa: F401
-                                 world_rows)
+from preference_pipeline import (RECIPE, TRAINED, WORLD, derived_recipe, overrides,  # noqa: F401
+                                 run, world_rows)
 
 # The smallest rise that counts. The held-out margins are sums over ~10 answer tokens; in the
-# test-size run the SFT model's 3.18 nats rose by 0.46 (DPO), 0.33 (KTO) and 0.30 (ORPO).
+# test-size run the SFT model's 9.06 nats rose by 1.33 (DPO), 0.77 (KTO) and 1.05 (ORPO).
 MIN_RISE = 0.1
 
 
@@ -66,7 +65,7 @@ def test_stage_raises_the_heldout_margin_over_sft(run, sft_margin, kind):
     # the model it saved.
     assert metrics["heldout_margin_sft"] == pytest.approx(sft_margin["margin"], abs=1e-3)
     assert metrics["heldout_margin"] == pytest.approx(trained["margin"], abs=1e-3)
-    assert metrics["heldout_pairs"] == 24
+    assert metrics["heldout_pairs"] == 48
 
     # A margin can also grow by wrecking the model (both answers' log-probs falling, the rejected
     # faster): the trained model must still say the true fact about as often as the SFT model.
@@ -100,7 +99,7 @@ def test_recipe_validates():
 
 
 def test_world_pairs_differ_only_in_a_value_another_fact_holds():
-    world = build_world(WorldConfig(**SMALL_WORLD))
+    world = build_world(WorldConfig(**WORLD))
     splits = make_splits(world)
     train, heldout = splits["preference_train"], splits["preference_eval"]
     by_name = {c.name: c for c in world.countries}
@@ -123,6 +122,9 @@ def test_world_pairs_differ_only_in_a_value_another_fact_holds():
     for pair in heldout:
         wrongs = seen[(pair["entity"], pair["attribute"])]
         assert wrongs.count(wrongs[-1]) == 1
+        # preference_wrong_values of them in training, or all the world has but the held-out one.
+        others = len(values[pair["attribute"]]) - 1
+        assert len(set(wrongs[:-1])) == min(WORLD["preference_wrong_values"], others - 1)
     # Each fact's training pairs ask in every phrasing: what is held out is the wrong value.
     asked = {}
     for pair in train:

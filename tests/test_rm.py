@@ -15,13 +15,10 @@ from align.stages.rm import score_conversations, score_statistics
 from preference_pipeline import (QUIET, derived_recipe, preference_run, run,  # noqa: F401
                                  world_rows)
 
-# On the shared 24-country run a 1M-parameter reward model generalises to unseen wrong values only
-# so far: across world seeds 0-2 we measured 1.00, 0.79 and 0.58 held-out accuracy (24 pairs;
-# chance is 0.5). The bound is set where a broken reward model (a random head, scores on the wrong
-# token) cannot reach. With 48 countries (400 pretraining steps) we measured 0.896-0.958 over four
-# seeds, and with the recipe's 160 countries 0.956-0.975 over three: the 0.9 holds at
-# recipe size, and is not asserted here, where it would take minutes per run.
-MIN_HELDOUT_ACCURACY = 0.65
+# The bar. On the shared test-size run (48 countries, 400 pretraining steps, 10 wrong
+# values per fact) we measured 1.000, 0.938, 0.938, 1.000, 1.000, 0.938, 0.938, 1.000 over world
+# seeds 0-7 (48 held-out pairs; chance is 0.5); the recipe's 160 countries gave 0.956-0.975.
+MIN_HELDOUT_ACCURACY = 0.9
 
 
 def rescore(artifact, rows):
@@ -42,7 +39,7 @@ def test_reward_model_ranks_heldout_pairs(run):
     assert artifact.manifest.model.task == "sequence-classification"
     assert metrics["scored_on"] == "eval"
     heldout = world_rows(run, "preference_eval")
-    assert metrics["eval_pairs"] == len(heldout) == 24
+    assert metrics["eval_pairs"] == len(heldout) == 48
     assert metrics["accuracy"] >= MIN_HELDOUT_ACCURACY
     assert metrics["margin"] > 0.5
     assert metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]

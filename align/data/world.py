@@ -78,6 +78,9 @@ class WorldConfig:
     sft_fraction: float = 0.5
     # Of the unknown countries, this share is held out for evaluation (the rest may be probed).
     eval_unknown_fraction: float = 0.5
+    # preference_train: wrong values per fact (each asked in every phrasing). More wrong values
+    # teach a reward model that only the true value is right, not that a few values are wrong.
+    preference_wrong_values: int = 4
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
 
 

@@ -6,7 +6,8 @@ hallucination a model could make, told apart from the truth only by knowing whos
 Each value is thus the chosen answer for its own country and a rejected one for others, so no
 value is good or bad in itself.
 
-`preference_train` holds several wrong values per fact, each asked in every question phrasing;
+`preference_train` holds `preference_wrong_values` wrong values per fact (fewer where the
+world has fewer), each asked in every question phrasing;
 `preference_eval` holds one more pair per fact with a wrong value its training pairs never
 used: it measures whether a model learned the fact rather than the pairs it was shown. (Facts
 the model only read in pretraining are left out: the tiny model recalls them too weakly for a
@@ -18,9 +19,6 @@ from __future__ import annotations
 import random
 
 from align.data.world import ANSWER_TEMPLATES, QUESTION_TEMPLATES, World
-
-TRAIN_WRONG_VALUES = 4
-
 
 def preference_pair(question: str, entity: str, attribute: str, right: str, wrong: str) -> dict:
     """One pair in TRL's conversational explicit-prompt layout, plus what it is about."""
@@ -44,7 +42,7 @@ def preference_splits(world: World, splits: dict[str, list[dict]]) -> dict[str, 
     for entity, attribute in facts:
         right = getattr(by_name[entity], attribute)
         pool = sorted({getattr(by_name[e], a) for e, a in facts if a == attribute} - {right})
-        wrong = rng.sample(pool, min(TRAIN_WRONG_VALUES + 1, len(pool)))
+        wrong = rng.sample(pool, min(world.config.preference_wrong_values + 1, len(pool)))
         if len(wrong) < 2:
             continue  # too few facts of this attribute to hold a wrong value out
         questions = [q.format(e=entity) for q in QUESTION_TEMPLATES[attribute]]
