@@ -1,12 +1,16 @@
 """`align validate`: everything that can be checked before training, without training.
 
 The recipe's structure and stage args (recipe.py), the accelerate profile, and every dataset:
-it exists, parses, is not empty, and converts to the format its stage trains on (so a missing
-column or a malformed row is found now, with its file and row, not an hour into a run).
+it exists, parses, is not empty, converts to the format its stage trains on, and leaves room
+after each prompt for an answer within the stage's max_length (so a missing column, a malformed
+row or an overlong prompt is found now, with its file and row, not an hour into a run). Prompt
+lengths need the base model's tokenizer; where it cannot be had (a Hub model offline) they are
+checked when each stage starts instead.
 """
 
 from __future__ import annotations
 
+from align.data.lengths import PROMPTED_TARGETS
 from align.errors import AlignError
 from align.recipe import Recipe, RecipeError, load_recipe
 
@@ -29,6 +33,16 @@ def world_rows(recipe: Recipe) -> dict[str, list[dict]]:
         raise RecipeError(f"{recipe.source}: invalid `world` settings: {exc}") from None
 
 
+def base_tokenizer(recipe: Recipe):
+    """The tokenizer every stage inherits from the base model, or None where it cannot be had."""
+    from align.modeling import load_tokenizer, resolve_base
+
+    try:
+        return load_tokenizer(resolve_base(recipe), recipe.model.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
 def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate: str | None = None,
                     only: list[str] | None = None) -> list[str]:
     """Raise the first problem found; return what was checked, one line per item. `only`: the
@@ -45,6 +59,7 @@ def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate
     checked.append(f"accelerate profile {profile.stem} ({profile}): {DESCRIBE[profile_class]}, "
                    "supported by every stage" + (f" of {', '.join(only)}" if only else ""))
     world = None
+    tokenizer = False  # loaded on first need
     for name in recipe.order():
         stage = recipe.stages[name]
         if stage.data is None:
@@ -79,5 +94,28 @@ def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate
                     checked.append(f"{name}: {label}: {len(result.dropped)} malformed rows will "
                                    f"be dropped (first: {result.dropped[0]})")
             checked.append(f"{name}: {label}: {len(rows)} rows OK for {stage.kind}")
+            if TARGET_OF_KIND.get(stage.kind) in PROMPTED_TARGETS:
+                if tokenizer is False:
+                    tokenizer = base_tokenizer(recipe)
+                checked.append(prompt_lengths(recipe, name, label, rows, result, tokenizer))
     return checked
 
+
+
+def prompt_lengths(recipe: Recipe, name: str, label: str, rows, result, tokenizer) -> str:
+    """Refuse (or count for dropping) the rows whose prompt fills the stage's max_length, as the
+    stage itself will when it starts."""
+    from align.data.lengths import fit_prompts
+    from align.recipe import config_class
+
+    stage = recipe.stages[name]
+    if tokenizer is None:
+        return f"{name}: {label}: prompt lengths checked when the stage starts (no tokenizer here)"
+    _, dropped, limit = fit_prompts(result.rows, len(rows), result.dropped, tokenizer, stage.args,
+                                    config_class(stage.kind), label, stage.data.on_error,
+                                    f"stages.{name}.args.max_length")
+    if limit is None:
+        return f"{name}: {label}: no max_length or chat template: prompt lengths not checked"
+    if dropped:
+        return f"{name}: {label}: {dropped} rows whose prompt reaches max_length {limit} will be dropped"
+    return f"{name}: {label}: every prompt leaves room for an answer within max_length {limit}"

@@ -370,6 +370,19 @@ def _(tmp):
                        "stages.sft.args.max_length", "data.on_error: drop"]
 
 
+@case("prompt longer than a later stage's max_length")
+def _(tmp):
+    # Found before the first stage trains, not when DPO starts after pretraining.
+    long_prompt = "Who leads Kathilland? " * 40
+    jsonl(tmp / "pairs.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": "B."},
+                                {"prompt": long_prompt, "chosen": "A.", "rejected": "B."}])
+    stages = {"pretrain": {"kind": "pretrain", "data": "world:corpus", "args": {"max_steps": 1}},
+              "dpo": {"kind": "dpo", "from": "pretrain", "data": "pairs.jsonl",
+                      "args": {"max_steps": 1, "max_length": 64}}}
+    return run(recipe(tmp, stages)), ["pairs.jsonl, row 2, column 'prompt'", "max_length 64",
+                                      "stages.dpo.args.max_length"]
+
+
 # -- artifacts ---------------------------------------------------------------------------------
 
 def fake_artifact(directory: Path, kind: str, model: dict, world: dict | None,

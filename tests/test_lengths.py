@@ -49,3 +49,23 @@ def test_max_length_comes_from_args_then_config_then_the_tokenizer(tokenizer):
     assert stage_max_length({"max_length": 96}, DPOConfig, tokenizer) == 96
     assert tokenizer.model_max_length == 512  # the tiny model's context
     assert stage_max_length({}, DPOConfig, tokenizer) == 512  # DPOConfig's 1024, capped
+
+
+def test_validate_counts_the_rows_a_stage_will_drop(tmp_path):
+    """`align validate` (and so `align run`, before the first stage) measures prompts as the stage
+    will: with `on_error: drop` it says how many rows go."""
+    import json
+
+    from align.validate import validate_recipe
+    from conftest import write_recipe
+
+    def pair(prompt):
+        return {"prompt": prompt, "chosen": "Shekris Vremmas.", "rejected": "Vak Vrultrol."}
+
+    rows = [pair("Who leads Kathilland?"), pair(LONG[0]["content"]), pair("Who?")]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stages = {"sft": {"kind": "sft", "data": "world:sft"},
+              "dpo": {"kind": "dpo", "from": "sft", "args": {"max_length": 64},
+                      "data": {"train": "pairs.jsonl", "on_error": "drop"}}}
+    checked = validate_recipe(write_recipe(tmp_path, stages))
+    assert "dpo: pairs.jsonl: 1 rows whose prompt reaches max_length 64 will be dropped" in checked

@@ -80,3 +80,16 @@ def source_row_numbers(n_source_rows: int, dropped_rows: set[int], n_converted: 
     """Source row numbers of converted rows, when conversion kept rows one to one."""
     numbers = [i for i in range(1, n_source_rows + 1) if i not in dropped_rows]
     return numbers if len(numbers) == n_converted else None
+
+
+def fit_prompts(rows: list[dict], n_source: int, problems, tokenizer, args: dict, config_cls,
+                source: str, on_error: str, setting: str) -> tuple[list[dict], int, int | None]:
+    """What a stage and `align validate` both do: (kept rows, number dropped, the limit), with
+    rows kept as they are when there is no limit or no chat template to measure prompts with.
+    `problems` are the conversion's dropped rows (so rows are numbered as in the source)."""
+    limit = stage_max_length(args, config_cls, tokenizer)
+    if limit is None or not getattr(tokenizer, "chat_template", None):
+        return rows, 0, None
+    numbers = source_row_numbers(n_source, {p.row for p in problems}, len(rows))
+    kept, dropped = check_prompt_lengths(rows, numbers, tokenizer, limit, source, on_error, setting)
+    return kept, dropped, limit

@@ -116,17 +116,13 @@ class StageContext:
 
     def rows_that_fit(self, converted: list[dict], n_source: int, problems, name: str) -> list[dict]:
         """Refuse (or drop) rows whose prompt alone reaches the stage's max_length."""
-        from align.data.lengths import check_prompt_lengths, source_row_numbers, stage_max_length
+        from align.data.lengths import fit_prompts
         from align.recipe import config_class
 
-        tokenizer = self.load_tokenizer()
-        limit = stage_max_length(self.stage.args, config_class(self.stage.kind), tokenizer)
-        if limit is None or not getattr(tokenizer, "chat_template", None):
-            return converted  # no limit, or no template to measure prompts with (TRL will say)
-        numbers = source_row_numbers(n_source, {p.row for p in problems}, len(converted))
-        kept, dropped = check_prompt_lengths(converted, numbers, tokenizer, limit, name,
-                                             self.stage.data.on_error,
-                                             f"stages.{self.name}.args.max_length")
+        kept, dropped, limit = fit_prompts(converted, n_source, problems, self.load_tokenizer(),
+                                           self.stage.args, config_class(self.stage.kind), name,
+                                           self.stage.data.on_error,
+                                           f"stages.{self.name}.args.max_length")
         if dropped:
             self.dropped_rows[name] = self.dropped_rows.get(name, 0) + dropped
             self.log(f"dropped {dropped} rows of {name} whose prompt reaches max_length {limit}")
