@@ -1,15 +1,16 @@
 """Generation with whatever the accelerate profile did to a model.
 
-The idk probe and the evaluation generate with a plainly loaded model on every process. Two
-things can stand in the way, and `generation_ready` handles both:
+The idk probe and the evaluation generate with a plainly loaded model on every process, each
+process its share of the questions (`generation.generate_answers`). Two things can stand in the
+way, and `generation_ready` handles both:
 
 - the model sits on the CPU while the process has a GPU (models load on the CPU): it is moved
   to the process's device for generation (not when quantised or dispatched by a device map,
   which place themselves);
 - its parameters are partitioned by DeepSpeed ZeRO-3 (each rank holds a shard; a model loads
   that way when a ZeRO-3 config with `zero3_init_flag` is active in the process): they are
-  gathered for the duration with `deepspeed.zero.GatheredParameters`, a collective, so every
-  rank must generate over the same batches.
+  gathered for the duration with `deepspeed.zero.GatheredParameters`, a collective every rank
+  enters and leaves together (what each generates in between is its own).
 """
 
 from __future__ import annotations

@@ -15,16 +15,45 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
                      temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
                      progress: str | None = None) -> list[list[str]]:
     """For each question, `num_samples` answers (one when greedy), decoded without specials.
-    The model is made ready for generation first (align.distributed.generation_ready)."""
+    The model is made ready for generation first (align.distributed.generation_ready).
+
+    Under several processes each generates its share of the questions and every process gets all
+    the answers, in order (greedy answers are those of one process; sampled ones differ, as they
+    come from other random streams)."""
     import torch
 
     from align.distributed import generation_ready
 
+    rank, world = process_rank()
     if seed is not None:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + rank)
     with generation_ready(model) as ready:
-        return _generate(ready, tokenizer, questions, max_new_tokens, batch_size, num_samples,
-                         do_sample, temperature, top_p, progress)
+        mine = _generate(ready, tokenizer, questions[rank::world], max_new_tokens, batch_size,
+                         num_samples, do_sample, temperature, top_p, progress)
+    return mine if world == 1 else interleave(all_gather(mine))
+
+
+def process_rank() -> tuple[int, int]:
+    """(this process's rank, number of processes) of the initialised process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather(obj) -> list:
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def interleave(shares: list[list]) -> list:
+    """Undo `items[rank::world]`: share r holds items r, r + world, r + 2 * world, ..."""
+    world = len(shares)
+    return [shares[i % world][i // world] for i in range(sum(map(len, shares)))]
 
 
 def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_samples, do_sample,
