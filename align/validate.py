@@ -101,7 +101,6 @@ def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate
     return checked
 
 
-
 def prompt_lengths(recipe: Recipe, name: str, label: str, rows, result, tokenizer) -> str:
     """Refuse (or count for dropping) the rows whose prompt fills the stage's max_length, as the
     stage itself will when it starts."""
