@@ -11,7 +11,6 @@ checked when each stage starts instead.
 from __future__ import annotations
 
 from align.data.lengths import PROMPTED_TARGETS
-from align.errors import AlignError
 from align.recipe import Recipe, RecipeError, load_recipe
 
 # What each stage kind trains on (a formats.TARGETS), or the QA columns it reads.

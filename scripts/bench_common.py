@@ -11,6 +11,7 @@ the tokenizer only ever emits ids below 1024.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -252,3 +253,10 @@ def worker_arguments(parser: argparse.ArgumentParser, choices=None) -> None:
 def write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def run_meta(script: str, **extra) -> dict:
+    """When, where and how a benchmark ran, for its report's header."""
+    return {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "host": machine(), "versions": versions(), **extra,
+            "command": " ".join(["python", f"scripts/{script}", *sys.argv[1:]])}

@@ -17,7 +17,6 @@ KEY=VALUE arguments are passed to `align run` as dotted overrides; the report sa
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -133,10 +132,8 @@ def main() -> None:
         cache = workdir / "cache"
         shutil.rmtree(cache, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    meta = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "host": bc.machine(), "versions": bc.versions(), "recipe": recipe, "overrides": args.overrides,
-            "cold_cache": args.cold_cache, "log": str(workdir / "align-run.log"),
-            "command": " ".join(["python", "scripts/bench_demo.py", *sys.argv[1:]])}
+    meta = bc.run_meta("bench_demo.py", recipe=recipe, overrides=args.overrides,
+                       cold_cache=args.cold_cache, log=str(workdir / "align-run.log"))
     result = run_and_time(recipe, args.overrides, run_dir, cache, workdir / "align-run.log")
     manifest_times(run_dir, result["stages"])
     (workdir / "result.json").write_text(json.dumps({"result": result, "meta": meta}, indent=1))

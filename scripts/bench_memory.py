@@ -22,7 +22,6 @@ step's tokens, whose activations every method pays alike.
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import time
@@ -249,9 +248,7 @@ def main() -> None:
     out = Path(args.out or bc.ROOT / "benchmarks" / ("memory-gpu.md" if args.device == "cuda" else "memory.md"))
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    meta = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "host": bc.machine(), "versions": bc.versions(),
-            "command": " ".join(["python", "scripts/bench_memory.py", *sys.argv[1:]])}
+    meta = bc.run_meta("bench_memory.py")
     from transformers import AutoTokenizer
 
     model_dir = bc.build_model_dir(args.preset, workdir.parent, args.seq_len)

@@ -29,7 +29,6 @@ gives model FLOPs utilisation against --peak-tflops (default: 989, H100 SXM dens
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import statistics
@@ -326,9 +325,7 @@ def main() -> None:
     out = Path(args.out or bc.ROOT / "benchmarks" / ("sft-gpu.md" if args.device == "cuda" else "sft.md"))
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    meta = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "host": bc.machine(), "versions": bc.versions(), "peak_tflops": args.peak_tflops,
-            "command": " ".join(["python", "scripts/bench_sft.py", *sys.argv[1:]])}
+    meta = bc.run_meta("bench_sft.py", peak_tflops=args.peak_tflops)
     setup = prepare(args, workdir)
     setup_file = workdir / "setup.json"
     setup_file.write_text(json.dumps(setup, indent=1))
