@@ -1,24 +1,36 @@
 """What a `ppo` stage's `args` may set.
 
-The recipe checks each key against these annotations (recipe.check_stage_args) and then calls
-`PPOConfig.validate_args`, so an impossible combination (a minibatch larger than the rollout, a
-negative learning rate, a reward callable that is not `module:function`) is reported by
-`align validate` before any stage trains, naming `stages.<name>.args.<key>`.
+`PPOConfig` checks its own values when it is built (`__post_init__`), so a config made in Python
+is refused for the same impossible combinations as one read from a recipe: a minibatch larger
+than the rollout, a negative learning rate, a reward callable that is not `module:function`.
+Each message names the field: `PPOConfig.<field>` for a config built in Python, and
+`stages.<name>.args.<key>` for one built from a recipe by `from_args` / `validate_args`, which
+the recipe calls after checking each key against these annotations (recipe.check_stage_args),
+so `align validate` reports it before any stage trains.
 
 Batch sizes are per process: with N processes a rollout holds N * batch_size episodes.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from align.errors import AlignError
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# How the field names are prefixed in messages: (where, source). `from_args` sets it to the
+# recipe's place for the duration of the constructor call; a config built in Python names
+# `PPOConfig.<field>`.
+_WHERE: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "ppo_config_where", default=("PPOConfig", ""))
 
 
 def _default_rewards() -> list[dict]:
@@ -28,55 +40,99 @@ def _default_rewards() -> list[dict]:
 @dataclass
 class PPOConfig:
     # -- optimisation ----------------------------------------------------------------------------
-    learning_rate: float = 1e-5
-    lr_scheduler_type: Literal["linear", "constant"] = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    gradient_checkpointing: bool = False
+    learning_rate: float = field(
+        default=1e-5, metadata={"help": "AdamW learning rate of the policy and value model."})
+    lr_scheduler_type: Literal["linear", "constant"] = field(
+        default="linear",
+        metadata={"help": "Learning-rate schedule after warm-up: linear decay to 0, or constant."})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps of linear warm-up from 0 to learning_rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float | None = field(
+        default=1.0,
+        metadata={"help": "Clip the gradient norm to this before each optimizer step; null: no clipping."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass: less memory, more compute."})
     # -- sizes -----------------------------------------------------------------------------------
-    batch_size: int = 64                 # prompts per rollout, per process
-    mini_batch_size: int = 16            # episodes per optimizer step, per process
-    gradient_accumulation_steps: int = 1  # micro batches a minibatch is split into
-    ppo_epochs: int = 4                  # passes over each rollout
-    total_episodes: int | None = None    # None: one pass over the prompts
-    rollout_forward_batch_size: int | None = None  # chunk of no-grad forwards; None: whole rollout
+    batch_size: int = field(default=64, metadata={"help": "Prompts per rollout, per process."})
+    mini_batch_size: int = field(
+        default=16,
+        metadata={"help": "Episodes per optimizer step, per process; must divide batch_size."})
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "Micro batches a minibatch is split into; must divide mini_batch_size."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each rollout."})
+    total_episodes: int | None = field(
+        default=None, metadata={"help": "Episodes to train on in all; null: one pass over the prompts."})
+    rollout_forward_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows per chunk of the rollout's no-grad forwards; null: all rows at once."})
     # -- generation ------------------------------------------------------------------------------
-    response_length: int = 64
-    max_prompt_length: int | None = None  # longer prompts keep their last tokens
-    temperature: float = 1.0
+    response_length: int = field(default=64, metadata={"help": "Most tokens generated per response."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens (a longer one keeps its last tokens); null: no limit."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature of the rollouts (and of their log-probs)."})
     # < 1 samples from a truncated distribution while log-probs are of the whole (tempered) one,
     # which makes PPO slightly off-policy; 1.0 keeps it exact.
-    top_p: float = 1.0
-    stop_at_eos: bool = True
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus sampling, in (0, 1]; below 1 PPO is slightly off-policy."})
+    stop_at_eos: bool = field(default=True, metadata={"help": "End a response at its first EOS token."})
     # -- KL to the reference -----------------------------------------------------------------------
-    kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    adaptive_kl: bool = False
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "Weight of the per-token KL penalty to the reference model."})
+    kl_estimator: Literal["k1", "k2", "k3"] = field(
+        default="k1",
+        metadata={"help": "Per-token KL estimator: k1 (log-ratio), k2 (half squared log-ratio) or k3."})
+    adaptive_kl: bool = field(
+        default=False,
+        metadata={"help": "Steer kl_coef towards kl_target (Ziegler et al. 2019) instead of fixing it."})
+    kl_target: float = field(default=6.0, metadata={"help": "KL that adaptive_kl steers towards."})
+    kl_horizon: float = field(
+        default=10000.0,
+        metadata={"help": "Episodes over which adaptive_kl moves kl_coef by its full step."})
     # -- advantages and losses ---------------------------------------------------------------------
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float | None = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    whiten_advantages: bool = True
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE, in [0, 1]."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda, in [0, 1]."})
+    cliprange: float = field(
+        default=0.2, metadata={"help": "Clip range of the policy ratio, in (0, 1)."})
+    cliprange_value: float | None = field(
+        default=0.2,
+        metadata={"help": "Clip range of the value predictions around the old ones; null: no clipping."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
+    whiten_rewards: bool = field(
+        default=False, metadata={"help": "Scale the per-token rewards to unit variance per rollout."})
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Normalise advantages to mean 0, variance 1 per rollout."})
     # -- rewards ------------------------------------------------------------------------------------
-    rewards: list[dict] = field(default_factory=_default_rewards)
-    score_normalization: Literal["none", "running", "rm_stats"] = "none"
-    score_clip: float | None = None
-    missing_eos_penalty: float | None = None
+    rewards: list[dict] = field(default_factory=_default_rewards, metadata={
+        "help": "Reward sources summed into the score: each {source: rm | module:function, weight}."})
+    score_normalization: Literal["none", "running", "rm_stats"] = field(
+        default="none",
+        metadata={"help": "Score normalisation: none, running moments, or the RM artifact's statistics."})
+    score_clip: float | None = field(
+        default=None, metadata={"help": "Clip scores to [-score_clip, score_clip]; null: no clip."})
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the score of a response that never ends (no EOS); null: none."})
     # Where the value model starts: the RM artifact, or the policy's own (SFT) weights.
-    # None picks "rm" when the stage has an RM input, else "policy".
-    value_model: Literal["rm", "policy"] | None = None
+    value_model: Literal["rm", "policy"] | None = field(
+        default=None,
+        metadata={"help": "Where the value model starts: rm or policy; null: rm if there is an RM input."})
     # -- bookkeeping -------------------------------------------------------------------------------
-    log_samples: int = 4                 # completions kept per step in samples.jsonl
-    save_steps: int = 50
-    save_total_limit: int = 2
-    seed: int | None = None              # None: the recipe's seed
-    disable_tqdm: bool = False
+    log_samples: int = field(default=4, metadata={"help": "Completions per step kept in samples.jsonl."})
+    save_steps: int = field(
+        default=50, metadata={"help": "Save a checkpoint every this many PPO steps (rollouts)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Most checkpoints kept."})
+    seed: int | None = field(
+        default=None, metadata={"help": "Random seed of the stage; null: the recipe's seed."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+
+    def __post_init__(self) -> None:
+        self.check(*_WHERE.get())
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
@@ -86,24 +142,29 @@ class PPOConfig:
 
     @classmethod
     def from_args(cls, args: dict[str, Any], where: str = "args", source: str = "") -> "PPOConfig":
+        """The config of a recipe's `args`, its errors naming `{where}.<key>` (after `source: `)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(args) - names)
         prefix = f"{source}: " if source else ""
         if unknown:
             raise AlignError(f"{prefix}unknown key '{where}.{unknown[0]}': PPOConfig has no such field.")
-        config = cls(**args)
-        config.check(where, source)
-        return config
+        token = _WHERE.set((where, source))
+        try:
+            return cls(**args)
+        finally:
+            _WHERE.reset(token)
 
-    def check(self, where: str = "args", source: str = "") -> None:
+    def check(self, where: str = "PPOConfig", source: str = "") -> None:
+        """Raise AlignError naming `{where}.<field>` for the first value no run could use."""
         prefix = f"{source}: " if source else ""
 
         def fail(key: str, why: str):
             raise AlignError(f"{prefix}'{where}.{key}' {why} (got {getattr(self, key)!r}).")
 
+        self._check_types(fail)
         for key in ("learning_rate", "temperature", "kl_horizon", "kl_target"):
             value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (math.isfinite(value) and value > 0):
                 fail(key, "must be a positive number")
         for key in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
                     "response_length", "save_steps", "save_total_limit"):
@@ -135,6 +196,15 @@ class PPOConfig:
             fail("gradient_accumulation_steps", f"must divide mini_batch_size ({self.mini_batch_size})")
         self._check_rewards(fail, prefix, where)
 
+    def _check_types(self, fail) -> None:
+        """Each value of the type its annotation names (a recipe's are checked so before)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = _allowed(hints[f.name])
+            value = getattr(self, f.name)
+            if not any(_is(value, a) for a in allowed):
+                fail(f.name, "must be " + " or ".join(_name(a) for a in allowed))
+
     def _check_rewards(self, fail, prefix: str, where: str) -> None:
         if not self.rewards:
             fail("rewards", "needs at least one source")
@@ -158,3 +228,36 @@ class PPOConfig:
     @property
     def uses_rm(self) -> bool:
         return any(item["source"] == "rm" for item in self.rewards)
+
+
+# -- the annotations PPOConfig uses: bool, int, float, None, a Literal, list[...] ----------------
+
+def _allowed(annotation) -> tuple:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(a for part in typing.get_args(annotation) for a in _allowed(part))
+    return (annotation,)
+
+
+def _is(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin is list:
+        return isinstance(value, (list, tuple))
+    raise TypeError(f"PPOConfig cannot check values of type {annotation}")  # a new field's type
+
+
+def _name(annotation) -> str:
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
