@@ -1,8 +1,13 @@
-"""Shared fixtures: no network, a private cache, and small recipes on the tiny model."""
+"""Shared fixtures: no network, a private cache, small recipes on the tiny model, the models that
+several test modules train (each trained once per session), and the fake Hub.
+
+Tests marked `slow` train a model (or run a recipe or subprocess that does); `make test-fast`
+(pytest -m "not slow") runs the rest in under a minute."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -14,6 +19,8 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 from transformers.utils import logging as _hf_logging  # noqa: E402
+
+from fake_hub import FakeHub, dead_endpoint  # noqa: E402
 
 # transformers creates its log handler on first use, bound to the sys.stderr of that moment. Made
 # inside a test that captures output (capsys), it would write to a closed stream for the rest of
@@ -72,3 +79,55 @@ def pretrained_tiny(tmp_path_factory) -> str:
         "disable_tqdm": True}}}
     artifact = run_recipe(write_recipe(tmp, stages, name="pretrained"))["pretrain"]
     return str(artifact.model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(align_cache) -> Path:
+    """The untrained tiny model of the small world (built once, in the session's cache)."""
+    from align.data.world import WorldConfig
+    from align.tiny import TinyConfig, build_tiny
+
+    return build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD)))
+
+
+@pytest.fixture(scope="session")
+def preference_run(tmp_path_factory) -> dict:
+    """The preference recipe at test size (pretrain, sft, rm, dpo, kto, orpo), trained once per
+    session and shared by test_rm, test_preference and test_handoff (see preference_pipeline)."""
+    from preference_pipeline import train_preference_run
+
+    return train_preference_run(tmp_path_factory)
+
+
+# -- the Hub: only ever the fake one on loopback (tests/fake_hub.py) ------------------------------
+
+@pytest.fixture
+def hub_loopback(monkeypatch, tmp_path) -> str:
+    """No real token, no saved login, no writes to the real HF_HOME, and every endpoint
+    huggingface_hub knows pointed at a loopback port where nothing listens (returned): nothing a
+    test does can reach huggingface.co. HF_HUB_OFFLINE is lifted so that pushes are attempted."""
+    from huggingface_hub import constants
+
+    dead = dead_endpoint()
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    return dead
+
+
+@pytest.fixture
+def hub(hub_loopback, monkeypatch):
+    """A FakeHub on 127.0.0.1 that huggingface_hub talks to; it records what it was sent."""
+    from huggingface_hub import constants
+
+    server = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    yield server
+    server.stop()

@@ -1,5 +1,6 @@
-"""The preference recipe at test size, run once per test session and shared by the reward-model,
-preference and hand-off tests (training the tiny model is what costs time)."""
+"""The preference recipe at test size, run once per test session (the `preference_run` fixture in
+conftest.py) and shared by the reward-model, preference and hand-off tests (training the tiny model
+is what costs time)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import SMALL_WORLD
@@ -37,9 +37,6 @@ SIZES = {
     "orpo": {"max_steps": 60, "learning_rate": 2e-3},
 }
 
-_cache: dict[str, dict] = {}
-
-
 def overrides(run_dir: Path) -> list[str]:
     out = [f"run_dir={run_dir}", "stages.sft.data.eval_fraction=0"]
     out += [f"world.{k}={v}" for k, v in WORLD.items()]
@@ -63,33 +60,24 @@ class _Tee(io.TextIOBase):
             s.flush()
 
 
-def preference_run(tmp_path_factory) -> dict:
-    """{"artifacts": name -> Artifact, "output": what the runner printed, "run_dir": Path}."""
-    if "run" not in _cache:
-        from align.runner import run_recipe
+def train_preference_run(tmp_path_factory) -> dict:
+    """{"artifacts": name -> Artifact, "output": what the runner printed, "run_dir": Path}.
 
-        # ALIGN_TEST_PREFERENCE_DIR keeps the run between sessions (finished stages are skipped).
-        keep = os.environ.get("ALIGN_TEST_PREFERENCE_DIR")
-        run_dir = Path(keep) / "run" if keep else tmp_path_factory.mktemp("preference") / "run"
-        printed = io.StringIO()
-        with torch_threads(1), contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
-            artifacts = run_recipe(str(RECIPE), overrides(run_dir), only=list(TRAINED))
-        _cache["run"] = {"artifacts": artifacts, "output": printed.getvalue(),
-                         "run_dir": run_dir}
-    return _cache["run"]
+    Called once per session by the `preference_run` fixture in conftest.py."""
+    from align.runner import run_recipe
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The shared preference run (import this fixture into a test module to use it)."""
-    return preference_run(tmp_path_factory)
+    # ALIGN_TEST_PREFERENCE_DIR keeps the run between sessions (finished stages are skipped).
+    keep = os.environ.get("ALIGN_TEST_PREFERENCE_DIR")
+    run_dir = Path(keep) / "run" if keep else tmp_path_factory.mktemp("preference") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+        artifacts = run_recipe(str(RECIPE), overrides(run_dir), only=list(TRAINED))
+    return {"artifacts": artifacts, "output": printed.getvalue(), "run_dir": run_dir}
 
 
-def derived_recipe(tmp_path_factory, stages: dict, name: str,
-                   keep: tuple[str, ...] = ("pretrain",)) -> str:
-    """A recipe on the same run directory as the preference run, with its stages named in `keep`
-    unchanged (so they are up to date, and skipped), plus `stages`."""
-    run = preference_run(tmp_path_factory)
+def derived_recipe(run: dict, stages: dict, name: str, keep: tuple[str, ...] = ("pretrain",)) -> str:
+    """A recipe on the same run directory as the preference run `run`, with its stages named in
+    `keep` unchanged (so they are up to date, and skipped), plus `stages`."""
     from align.recipe import apply_overrides, load_yaml
 
     data = apply_overrides(load_yaml(RECIPE), overrides(run["run_dir"]))
@@ -118,19 +106,6 @@ def stage_context(recipe_path: str, name: str):
     dirs.begin(digest)
     return StageContext(recipe=recipe, name=name, stage=recipe.stages[name], inputs=inputs,
                         dirs=dirs, config_hash=digest, base_model=resolve_base(recipe))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """One thread: on a shared two-core machine, more threads spin against each other."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def world_rows(run: dict, name: str) -> list[dict]:

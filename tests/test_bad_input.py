@@ -510,9 +510,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_exits_2_with_one_paragraph_and_no_result(name, tmp_path, capsys, monkeypatch):
-    import torch
-
-    torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
     argv, expected = CASES[name](tmp_path)
     code, err = run_cli(argv, capsys)

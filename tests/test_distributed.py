@@ -14,7 +14,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import write_recipe
+
+pytestmark = pytest.mark.slow  # trains on two processes
 
 FAST = {"per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 2,
         "disable_tqdm": True}

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 
+import pytest
 import torch.multiprocessing as mp
 
 from align.generation import interleave
@@ -53,6 +54,7 @@ def answer_on_rank(rank: int, world: int, port: int, model_path: str, out: str):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_questions_and_agree_with_one(tmp_path, pretrained_tiny):
     from align.generation import generate_answers
     from align.modeling import load_full, load_tokenizer

@@ -19,6 +19,8 @@ from align.runner import run_recipe
 from align.stages.preference import build_trainer, sequence_logps
 from preference_pipeline import QUIET, derived_recipe, stage_context
 
+pytestmark = pytest.mark.slow  # trains SFT adapters on the shared preference run's pretrained model
+
 TOLERANCE = 1e-4  # nats per sequence; what we measure is ~1e-6 (float32 rounding of the merge)
 ARGS = {**QUIET, "max_steps": 1, "per_device_train_batch_size": 8, "bf16": False}
 SFT_ARGS = {**QUIET, "max_steps": 20, "per_device_train_batch_size": 16, "learning_rate": 1e-2,
@@ -47,8 +49,8 @@ STAGES = {
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    path = derived_recipe(tmp_path_factory, STAGES, "handoff")
+def recipe(preference_run):
+    path = derived_recipe(preference_run, STAGES, "handoff")
     run_recipe(path, only=["pretrain", "sft_lora", "sft_qlora"])
     return path
 

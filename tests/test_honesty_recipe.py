@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from align.runner import run_recipe
 from conftest import SMALL_WORLD
+
+pytestmark = pytest.mark.slow  # trains the reduced default recipe
 
 HONESTY = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "honesty.yaml"
 KEEP = ("sft", "idk", "sft_idk", "dpo", "evaluate")

@@ -1,6 +1,7 @@
 """Pushing artifacts to the Hub: exactly which files go up, the model card, token hygiene, and how
-each Hub failure is reported. Everything runs against `fake_hub` on 127.0.0.1; an autouse fixture
-points every endpoint huggingface_hub knows at loopback so nothing can reach huggingface.co.
+each Hub failure is reported. Everything runs against `fake_hub` on 127.0.0.1; the `hub_loopback`
+fixture (conftest.py) points every endpoint huggingface_hub knows at loopback so nothing can reach
+huggingface.co.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from align.hub import (
     scrub_paths,
     upload_plan,
 )
-from fake_hub import FakeHub, dead_endpoint
+from fake_hub import FakeHub
 
 TOKEN = "hf_TESTTOKEN_do_not_leak_123"
 REPO = "tester/tiny-sft"
@@ -39,32 +40,9 @@ JUNK = ("checkpoints/checkpoint-2/optimizer.pt", "checkpoints/checkpoint-2/rng_s
         "model/scheduler.pt", "model/trainer_state.json", "model/README.md")
 
 
-# ---------------------------------------------------------------------------------------------
-# fixtures
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch, tmp_path):
-    """No real token, no saved login, no network beyond loopback, no writes to the real HF_HOME."""
-    dead = dead_endpoint()
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "hf_home"
-    monkeypatch.setenv("HF_ENDPOINT", dead)
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    server = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    yield server
-    server.stop()
+# Every test here runs with the Hub at loopback only (conftest.hub_loopback); `hub` (conftest) is
+# the fake Hub itself.
+pytestmark = pytest.mark.usefixtures("hub_loopback")
 
 
 def _stage_config(**overrides) -> dict:
@@ -410,10 +388,8 @@ def test_rate_limit_gives_up_after_max_retries(tmp_path, hub):
     assert len(hub.requests_to("/commit/main", "POST")) == 3 and hub.commits == []
 
 
-def test_server_down_says_the_hub_could_not_be_reached(tmp_path, monkeypatch):
-    dead = dead_endpoint()
-    monkeypatch.setenv("HF_ENDPOINT", dead)
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
+def test_server_down_says_the_hub_could_not_be_reached(tmp_path, hub_loopback):
+    dead = hub_loopback  # where nothing listens
     art = make_artifact(tmp_path)
     before = tree_digest(art)
     with pytest.raises(AlignError) as err:

@@ -6,7 +6,6 @@ import pytest
 
 from align.data.lengths import check_prompt_lengths, source_row_numbers, stage_max_length
 from align.errors import DataError
-from conftest import SMALL_WORLD
 
 SHORT = [{"role": "user", "content": "Who leads Kathilland?"}]
 LONG = [{"role": "user", "content": "Who leads Kathilland? " * 40}]
@@ -14,12 +13,10 @@ ANSWER = [{"role": "assistant", "content": "Shekris Vremmas."}]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from align.data.world import WorldConfig
+def tokenizer(tiny_model):
     from align.modeling import load_tokenizer
-    from align.tiny import TinyConfig, build_tiny
 
-    return load_tokenizer(build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD))))
+    return load_tokenizer(tiny_model)
 
 
 def test_long_prompts_are_dropped_and_counted_with_on_error_drop(tokenizer):

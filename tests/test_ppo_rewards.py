@@ -21,16 +21,13 @@ from align.ppo.rewards import (
     build_reward,
     import_callable,
 )
-from conftest import SMALL_WORLD
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from align.data.world import WorldConfig
+def tiny(tiny_model):
     from align.modeling import load_full, load_tokenizer
-    from align.tiny import TinyConfig, build_tiny
 
-    path = build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD)), tmp_path_factory.mktemp("tiny") / "m")
+    path = tiny_model
     torch.manual_seed(0)
     rm = load_full(path, task="sequence-classification").eval()
     return path, rm, load_tokenizer(path)

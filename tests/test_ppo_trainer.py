@@ -69,14 +69,7 @@ def crashes_later(prompts, completions, **columns):
 def trained(tmp_path_factory):
     """pretrain -> sft -> rm on the small world, once; PPO stages are added next to them."""
     root = tmp_path_factory.mktemp("ppo")
-    path = write_recipe(root, BASE_STAGES, name="base")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        artifacts = run_recipe(path)
-    finally:
-        torch.set_num_threads(old)
-    return root, artifacts
+    return root, run_recipe(write_recipe(root, BASE_STAGES, name="base"))
 
 
 def ppo_stage(rewards, steps: int, *, sources=("sft",), method="full", **args) -> dict:
@@ -99,6 +92,7 @@ def stats_of(artifact) -> list[dict]:
 
 # -- outcomes -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rule_based_reward_raises_the_score(trained):
     artifact = run_ppo(trained, "ppo_rule", ppo_stage([{"source": "test_ppo_trainer:says_word"}], 20,
                                                    learning_rate=3e-4))
@@ -126,6 +120,7 @@ def test_rule_based_reward_raises_the_score(trained):
     assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), sft.parameters()))
 
 
+@pytest.mark.slow
 def test_rm_reward_with_rm_stats_normalisation(trained):
     _, artifacts = trained
     rm_metrics = artifacts["rm"].manifest.metrics
@@ -139,6 +134,7 @@ def test_rm_reward_with_rm_stats_normalisation(trained):
         assert step["reward/rm"] == pytest.approx(step["score_raw"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_running_normalisation_centres_and_scales(trained):
     stage = ppo_stage([{"source": "test_ppo_trainer:noise"}], 8, score_normalization="running",
                       response_length=8, ppo_epochs=1)
@@ -154,6 +150,7 @@ def test_running_normalisation_centres_and_scales(trained):
     assert second.mean().sqrt().item() == pytest.approx(1.0, abs=0.25)
 
 
+@pytest.mark.slow
 def test_lora_reference_is_the_sft_model(trained):
     from peft import LoraConfig, get_peft_model
 
@@ -195,6 +192,7 @@ def test_lora_reference_is_the_sft_model(trained):
         "the policy did not move, so the check above proves nothing"
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_saved_step(trained, monkeypatch, capsys):
     stage = ppo_stage([{"source": "test_ppo_trainer:crashes_later"}], 4, save_steps=2, adaptive_kl=True,
                       kl_coef=0.1, kl_target=0.05, kl_horizon=100, score_normalization="running",
@@ -235,6 +233,7 @@ def _without_timings(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if not k.startswith("time_") and k != "episodes_per_s"}
 
 
+@pytest.mark.slow
 def test_qlora_policy_trains_an_adapter(trained):
     from safetensors.torch import load_file
 
@@ -282,6 +281,7 @@ def test_unknown_and_mistyped_args_name_the_key(tmp_path):
             load_recipe(write_recipe(tmp_path, stages))
 
 
+@pytest.mark.slow
 def test_rm_reward_without_an_rm_input_is_an_error(trained):
     with pytest.raises(AlignError, match="needs a reward model"):
         run_ppo(trained, "ppo_no_rm", ppo_stage([{"source": "rm"}], 1))

@@ -19,8 +19,7 @@ from align.modeling import load_artifact_model, load_tokenizer
 from align.runner import run_recipe
 from align.stages.preference import heldout_margin
 from align.validate import validate_recipe
-from preference_pipeline import (RECIPE, TRAINED, WORLD, derived_recipe, overrides,  # noqa: F401
-                                 run, world_rows)
+from preference_pipeline import RECIPE, TRAINED, WORLD, derived_recipe, overrides, world_rows
 
 # The smallest rise that counts. The held-out margins are sums over ~10 answer tokens; in the
 # test-size run the SFT model's 9.06 nats rose by 1.33 (DPO), 0.77 (KTO) and 1.05 (ORPO).
@@ -28,11 +27,11 @@ MIN_RISE = 0.1
 
 
 @pytest.fixture(scope="module")
-def sft_margin(run):
-    artifact = load_artifact(run["artifacts"]["sft"].path)
+def sft_margin(preference_run):
+    artifact = load_artifact(preference_run["artifacts"]["sft"].path)
     tokenizer = load_tokenizer(artifact.path / artifact.manifest.tokenizer)
     return heldout_margin(load_artifact_model(artifact), tokenizer,
-                          world_rows(run, "preference_eval"))
+                          world_rows(preference_run, "preference_eval"))
 
 
 def greedy_recall(artifact, rows) -> float:
@@ -47,16 +46,17 @@ def greedy_recall(artifact, rows) -> float:
                for r, a in zip(rows, answers)) / len(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dpo", "kto", "orpo"])
-def test_stage_raises_the_heldout_margin_over_sft(run, sft_margin, kind):
-    artifact = load_artifact(run["artifacts"][kind].path)
+def test_stage_raises_the_heldout_margin_over_sft(preference_run, sft_margin, kind):
+    artifact = load_artifact(preference_run["artifacts"][kind].path)
     ref, metrics = artifact.manifest.model, artifact.manifest.metrics
     assert (ref.type, ref.method, ref.task) == ("adapter", "lora", "causal-lm")
     assert load_artifact(artifact.path / ref.base).name == "sft"  # the adapter is on the SFT model
 
     tokenizer = load_tokenizer(artifact.path / artifact.manifest.tokenizer)
     trained = heldout_margin(load_artifact_model(artifact), tokenizer,
-                             world_rows(run, "preference_eval"))
+                             world_rows(preference_run, "preference_eval"))
     print(f"{kind}: held-out margin {sft_margin['margin']:.3f} -> {trained['margin']:.3f}, "
           f"chosen preferred {sft_margin['accuracy']:.3f} -> {trained['accuracy']:.3f}")
     assert trained["margin"] > sft_margin["margin"] + MIN_RISE
@@ -69,17 +69,18 @@ def test_stage_raises_the_heldout_margin_over_sft(run, sft_margin, kind):
 
     # A margin can also grow by wrecking the model (both answers' log-probs falling, the rejected
     # faster): the trained model must still say the true fact about as often as the SFT model.
-    rows = world_rows(run, "preference_eval")
-    sft_recall = greedy_recall(run["artifacts"]["sft"], rows)
+    rows = world_rows(preference_run, "preference_eval")
+    sft_recall = greedy_recall(preference_run["artifacts"]["sft"], rows)
     recall = greedy_recall(artifact, rows)
     print(f"{kind}: greedy answers state the true fact {sft_recall:.3f} -> {recall:.3f}")
     assert recall >= sft_recall - 0.1
 
 
-def test_recipe_prints_the_heldout_table_and_reruns_as_up_to_date(run):
-    if " | " not in run["output"]:
+@pytest.mark.slow
+def test_recipe_prints_the_heldout_table_and_reruns_as_up_to_date(preference_run):
+    if " | " not in preference_run["output"]:
         pytest.skip("every stage was up to date (ALIGN_TEST_PREFERENCE_DIR): nothing printed")
-    lines = {name: next(line for line in run["output"].splitlines()
+    lines = {name: next(line for line in preference_run["output"].splitlines()
                         if f"] {name} ({name})" in line and " | " in line)
              for name in TRAINED}
     assert "accuracy" in lines["rm"] and "margin" in lines["rm"]
@@ -88,7 +89,7 @@ def test_recipe_prints_the_heldout_table_and_reruns_as_up_to_date(run):
 
     printed = io.StringIO()
     with redirect_stdout(printed):
-        run_recipe(str(RECIPE), overrides(run["run_dir"]), only=list(TRAINED))
+        run_recipe(str(RECIPE), overrides(preference_run["run_dir"]), only=list(TRAINED))
     skipped = [line for line in printed.getvalue().splitlines() if "up to date, skipped" in line]
     assert len(skipped) == len(TRAINED), printed.getvalue()
 
@@ -149,11 +150,12 @@ METHOD_STAGES = {f"{kind}_{method}": {
 
 
 @pytest.fixture(scope="module")
-def methods(tmp_path_factory):
-    path = derived_recipe(tmp_path_factory, METHOD_STAGES, "methods", keep=("pretrain", "sft"))
+def methods(preference_run):
+    path = derived_recipe(preference_run, METHOD_STAGES, "methods", keep=("pretrain", "sft"))
     return run_recipe(path, only=["pretrain", "sft", *METHOD_STAGES])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHOD_STAGES))
 def test_every_method_trains_saves_and_reloads(methods, name):
     """Two steps of each kind with full weights and with QLoRA: the artifact says what it holds

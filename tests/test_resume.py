@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import write_recipe
 
 
@@ -30,6 +32,7 @@ def start(path: str, log: Path) -> subprocess.Popen:
                             env={**os.environ}, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_kill_during_stage_then_resume(tmp_path):
     path = write_recipe(tmp_path, stages())
     run = tmp_path / "run"

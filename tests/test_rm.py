@@ -12,8 +12,9 @@ from align.artifacts import load_artifact
 from align.modeling import load_artifact_model, load_tokenizer
 from align.runner import run_recipe
 from align.stages.rm import score_conversations, score_statistics
-from preference_pipeline import (QUIET, derived_recipe, preference_run, run,  # noqa: F401
-                                 world_rows)
+from preference_pipeline import QUIET, derived_recipe, world_rows
+
+pytestmark = pytest.mark.slow  # every test reads or extends the shared preference run
 
 # The issue's bar. On the shared test-size run (48 countries, 400 pretraining steps, 10 wrong
 # values per fact) we measured 1.000, 0.938, 0.938, 1.000, 1.000, 0.938, 0.938, 1.000 over world
@@ -31,14 +32,14 @@ def rescore(artifact, rows):
     return score_statistics(chosen, rejected), chosen, rejected
 
 
-def test_reward_model_ranks_heldout_pairs(run):
-    artifact = run["artifacts"]["rm"]
+def test_reward_model_ranks_heldout_pairs(preference_run):
+    artifact = preference_run["artifacts"]["rm"]
     metrics = artifact.manifest.metrics
     print(f"RM held-out accuracy {metrics['accuracy']:.3f}, margin {metrics['margin']:.3f}, "
           f"scores {metrics['score_mean']:.3f} ± {metrics['score_std']:.3f}")
     assert artifact.manifest.model.task == "sequence-classification"
     assert metrics["scored_on"] == "eval"
-    heldout = world_rows(run, "preference_eval")
+    heldout = world_rows(preference_run, "preference_eval")
     assert metrics["eval_pairs"] == len(heldout) == 48
     assert metrics["accuracy"] >= MIN_HELDOUT_ACCURACY
     assert metrics["margin"] > 0.5
@@ -54,24 +55,25 @@ def test_reward_model_ranks_heldout_pairs(run):
     assert [s["score_chosen"] for s in stored] == pytest.approx(chosen, abs=1e-4)
 
 
-def test_reward_model_learned_its_training_pairs(run):
+def test_reward_model_learned_its_training_pairs(preference_run):
     """Held-out accuracy is the test of generalisation; this one shows the training worked."""
-    stats, _, _ = rescore(run["artifacts"]["rm"], world_rows(run, "preference_train"))
+    stats, _, _ = rescore(preference_run["artifacts"]["rm"],
+                         world_rows(preference_run, "preference_train"))
     assert stats["accuracy"] >= 0.95
 
 
-def test_lora_reward_model_saves_an_adapter_with_its_head(tmp_path_factory):
+def test_lora_reward_model_saves_an_adapter_with_its_head(preference_run):
     stage = {"kind": "rm", "from": "sft", "method": {"type": "lora", "lora": {"r": 8, "alpha": 16}},
              "data": {"train": "world:preference_train", "eval": "world:preference_eval"},
              "args": {**QUIET, "max_steps": 10, "learning_rate": 3e-3,
                       "per_device_train_batch_size": 16}}
-    path = derived_recipe(tmp_path_factory, {"rm_lora": stage}, "rm_lora", keep=("pretrain", "sft"))
+    path = derived_recipe(preference_run, {"rm_lora": stage}, "rm_lora", keep=("pretrain", "sft"))
     artifact = run_recipe(path, only=["pretrain", "sft", "rm_lora"])["rm_lora"]
     ref = artifact.manifest.model
     assert (ref.type, ref.method, ref.task) == ("adapter", "lora", "sequence-classification")
     # The adapter sits on the SFT artifact; the trained score head travels with the adapter
     # (a head drawn anew at load time would not reproduce the stored scores).
     assert load_artifact(artifact.path / ref.base).name == "sft"
-    again, _, _ = rescore(artifact, world_rows(preference_run(tmp_path_factory), "preference_eval"))
+    again, _, _ = rescore(artifact, world_rows(preference_run, "preference_eval"))
     for key in ("accuracy", "margin", "score_mean", "score_std"):
         assert again[key] == pytest.approx(artifact.manifest.metrics[key], abs=1e-4), key

@@ -14,17 +14,9 @@ import pytest
 
 from align.cli import main
 from align.errors import AlignError
-from conftest import SMALL_WORLD, write_recipe
+from conftest import write_recipe
 
 ALIGN = Path(__file__).resolve().parent.parent / "align"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from align.data.world import WorldConfig
-    from align.tiny import TinyConfig, build_tiny
-
-    return Path(build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD))))
 
 
 def model_with_code(tiny_dir: Path, out: Path, marker: Path) -> Path:
@@ -41,9 +33,9 @@ def model_with_code(tiny_dir: Path, out: Path, marker: Path) -> Path:
     return out
 
 
-def test_remote_code_is_refused_unless_the_recipe_trusts_it(tmp_path, tiny_dir, capsys):
+def test_remote_code_is_refused_unless_the_recipe_trusts_it(tmp_path, tiny_model, capsys):
     marker = tmp_path / "code-ran"
-    model = model_with_code(tiny_dir, tmp_path / "model", marker)
+    model = model_with_code(tiny_model, tmp_path / "model", marker)
     from align.modeling import load_full
 
     with pytest.raises(AlignError, match="ships its own Python code.*`model.trust_remote_code: true`"):
@@ -68,13 +60,13 @@ class RunsCode:
         return (open, (self.marker, "w"))
 
 
-def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_dir):
+def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_model):
     from align.modeling import load_full
 
     marker = tmp_path / "unpickled"
     model = tmp_path / "model"
     model.mkdir()
-    shutil.copy(tiny_dir / "config.json", model / "config.json")
+    shutil.copy(tiny_model / "config.json", model / "config.json")
     (model / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode(marker)))
     with pytest.raises(AlignError, match="safetensors only"):
         load_full(model)

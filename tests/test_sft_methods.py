@@ -13,6 +13,8 @@ from align.modeling import load_artifact_model, load_full, load_tokenizer
 from align.runner import run_recipe
 from conftest import write_recipe
 
+pytestmark = pytest.mark.slow  # every test fine-tunes the session's pretrained model
+
 LEARNING_RATES = {"full": 1e-3, "freeze": 3e-3, "lora": 1e-2, "qlora": 1e-2, "ptuning": 3e-2,
                   "prefix": 3e-2}
 

@@ -4,32 +4,18 @@ prepares the world and pushes the finished stage once; an up-to-date stage is no
 from __future__ import annotations
 
 import pytest
-from huggingface_hub import constants
 
 from align.cli import main
 from conftest import write_recipe
-from fake_hub import FakeHub
 
 REPO = "me/tiny-sft"
 
+pytestmark = pytest.mark.slow  # trains (one step) and pushes to the fake Hub (conftest `hub`)
 
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    server = FakeHub().start()
-    home = tmp_path / "hf_home"
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+def test_align_stage_prepares_the_world_and_pushes_once(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token_for_loopback")
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.delenv("ALIGN_LAUNCHED", raising=False)
-    yield server
-    server.stop()
-
-
-def test_align_stage_prepares_the_world_and_pushes_once(tmp_path, hub):
+    monkeypatch.delenv("ALIGN_LAUNCHED", raising=False)  # as typed by hand, not under `align run`
     stages = {"sft": {"kind": "sft", "data": "world:sft",
                       "args": {"max_steps": 1, "per_device_train_batch_size": 4, "save_steps": 100,
                                "disable_tqdm": True},
