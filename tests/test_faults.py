@@ -10,11 +10,11 @@ from align.runner import run_lock
 from conftest import write_recipe
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_stage_naming_the_step(tmp_path, capsys):
     import torch
     from safetensors.torch import load_file
 
-    torch.set_num_threads(1)
     args = {"max_steps": 30, "per_device_train_batch_size": 8, "learning_rate": 1e12,
             "max_grad_norm": 0.0, "logging_steps": 1, "save_steps": 1, "disable_tqdm": True,
             "optim": "sgd"}
@@ -47,6 +47,7 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "sft.partial").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dpo", "kto", "orpo", "rm"])
 def test_non_finite_preference_loss_stops_naming_the_step(tmp_path, capsys, kind):
     """The preference stages and the reward model share the guard. The NaN is forced by a NaN in
@@ -54,7 +55,6 @@ def test_non_finite_preference_loss_stops_naming_the_step(tmp_path, capsys, kind
     import torch
     from safetensors.torch import load_file, save_file
 
-    torch.set_num_threads(1)
     stages = {"sft": {"kind": "sft", "data": "world:sft",
                       "args": {"max_steps": 1, "save_steps": 1000, "disable_tqdm": True}},
               kind: {"kind": kind, "from": "sft", "method": "lora", "data": "world:preference_train",
@@ -97,20 +97,17 @@ def test_non_finite_weights_are_never_checkpointed():
         callback.on_step_end(args, state, TrainerControl(should_save=True), model=model)
 
 
-def test_ppo_non_finite_loss_stops_naming_the_step(tmp_path, capsys):
+@pytest.mark.slow
+def test_ppo_non_finite_loss_stops_naming_the_step(tmp_path, capsys, tiny_model):
     import torch
 
-    from align.data.world import WorldConfig
     from align.modeling import load_full, load_tokenizer
     from align.ppo.config import PPOConfig
     from align.ppo.rewards import build_reward
     from align.ppo.trainer import PPOTrainer
     from align.stages.callbacks import NonFiniteError
-    from align.tiny import TinyConfig, build_tiny
-    from conftest import SMALL_WORLD
 
-    torch.set_num_threads(1)
-    path = build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD)))
+    path = tiny_model
     config = PPOConfig(rewards=[{"source": "align.ppo.rewards:correct_answer"}], batch_size=2,
                        mini_batch_size=2, response_length=4, total_episodes=8, save_steps=1,
                        disable_tqdm=True)

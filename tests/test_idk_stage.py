@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from align.data.formats import convert_rows
 from align.runner import run_recipe
 from conftest import write_recipe
 
 
+@pytest.mark.slow
 def test_idk_stage_probes_and_writes_training_files(tmp_path, pretrained_tiny):
     stages = {
         "sft": {"kind": "sft", "data": "world:sft",

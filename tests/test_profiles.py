@@ -39,7 +39,6 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
 
