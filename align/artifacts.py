@@ -93,6 +93,10 @@ class Artifact:
             raise AlignError(f"artifact '{self.name}' ({self.path}) holds no model.")
         return inside(self.path, self.manifest.model.path, f"artifact '{self.name}' model")
 
+    def tokenizer_path(self) -> Path:
+        """The tokenizer saved with the artifact's model (in the model directory by default)."""
+        return inside(self.path, self.manifest.tokenizer or "model", f"artifact '{self.name}' tokenizer")
+
 
 def inside(root: Path, relative: str, what: str) -> Path:
     """`root / relative`, refused when it resolves outside `root` (`..`, an absolute path, or a

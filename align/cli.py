@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+# Command handlers import the layers they drive (runner, validate, hub, stages) when they run:
+# those import torch and transformers, which `align --help` and `align ls` should not wait for.
+from align.data.formats import convert_rows
+from align.data.sources import read_local
 from align.errors import AlignError
 
 # `make demo` and `align run` without a recipe: the whole pipeline, ending in the honesty table.
@@ -54,7 +58,7 @@ def cmd_stage(args) -> int:
     if args.stage not in recipe.stages:
         raise AlignError(f"no stage '{args.stage}' in {args.recipe}; stages: "
                          f"{', '.join(recipe.stages)}")
-    from align.stages.context import process_state
+    from align.distributed import process_state
 
     state = process_state()
     launched_by_run = bool(os.environ.get("ALIGN_LAUNCHED"))  # `align run` did both already
@@ -115,14 +119,9 @@ def cmd_tiny(args) -> int:
 
 
 def read_qa(path: str, need_known: bool) -> list[dict]:
-    from align.data.sources import check_columns, read_local
-
-    rows = read_local(Path(path))
-    check_columns(rows, {"question", "answers", *(["known"] if need_known else [])}, path)
-    for row in rows:
-        if isinstance(row["answers"], str):
-            row["answers"] = [row["answers"]]
-    return rows
+    """A QA file read as the idk and evaluate stages read their data."""
+    return convert_rows(read_local(Path(path)), source=path,
+                        target="labelled_qa" if need_known else "qa", keep_columns=True).rows
 
 
 def cmd_eval(args) -> int:

@@ -15,7 +15,37 @@ way, and `generation_ready` handles both:
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+
+
+def process_state():
+    """accelerate's process state; on a machine without GPUs, several processes use gloo.
+
+    The first call fixes the state for the process, so it must come before any Trainer builds
+    its own (which would otherwise see `accelerate launch --multi_gpu` without CUDA as one
+    process). It is the one way align asks which rank it is.
+    """
+    # torch and accelerate are imported on use: the CLI imports this module to validate recipes.
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_rank() -> tuple[int, int]:
+    """(this process's rank, number of processes)."""
+    state = process_state()
+    return state.process_index, state.num_processes
+
+
+def is_sharded(state) -> bool:
+    """Whether ranks hold different parts of the parameters (ZeRO-3, FSDP)."""
+    kind = str(getattr(state, "distributed_type", "NO")).rsplit(".", 1)[-1]
+    if kind == "FSDP":
+        return True
+    # `accelerate launch` exports the ZeRO stage of a DeepSpeed profile.
+    return kind == "DEEPSPEED" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
 def is_partitioned(model) -> bool:
@@ -33,8 +63,6 @@ def target_device(model):
         return None
     if next(model.parameters()).device.type != "cpu":
         return None
-    from align.stages.context import process_state
-
     return process_state().device
 
 

@@ -25,3 +25,7 @@ class DataError(AlignError):
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
         self.path, self.row, self.column = path, row, column
+
+
+class NonFiniteError(AlignError):
+    """Training met a non-finite loss, gradient or weight; the last good checkpoint is kept."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from align.distributed import generation_ready, process_rank
+
 
 def chat_prompts(tokenizer, questions: Iterable[str]) -> list[str]:
     return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
@@ -22,8 +24,6 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
     come from other random streams)."""
     import torch
 
-    from align.distributed import generation_ready
-
     rank, world = process_rank()
     if seed is not None:
         torch.manual_seed(seed + rank)
@@ -31,15 +31,6 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
         mine = _generate(ready, tokenizer, questions[rank::world], max_new_tokens, batch_size,
                          num_samples, do_sample, temperature, top_p, progress)
     return mine if world == 1 else interleave(all_gather(mine))
-
-
-def process_rank() -> tuple[int, int]:
-    """(this process's rank, number of processes) of the initialised process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def all_gather(obj) -> list:

@@ -27,8 +27,9 @@ from typing import Any, Callable
 
 import yaml
 
-from align.artifacts import Artifact, load_artifact
+from align.artifacts import Artifact, load_artifact, read_manifest
 from align.errors import AlignError
+from align.kinds import KINDS
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -48,16 +49,6 @@ RETRY_STATUS = (429, 500, 502, 503, 504)
 LOCAL = "<local>"
 MAX_BACKOFF_S = 60.0
 
-KIND_TEXT = {
-    "pretrain": "continued pre-training",
-    "sft": "supervised fine-tuning",
-    "idk": "\"I don't know\" (honesty) fine-tuning",
-    "rm": "reward modelling",
-    "ppo": "PPO (RLHF against a reward model)",
-    "dpo": "direct preference optimisation (DPO)",
-    "kto": "Kahneman-Tversky optimisation (KTO)",
-    "orpo": "odds-ratio preference optimisation (ORPO)",
-}
 METHOD_TEXT = {
     "full": "full fine-tune",
     "freeze": "partial fine-tune (only the top layers trained)",
@@ -295,8 +286,6 @@ def upstream_stages(artifact: Artifact) -> tuple[list[str], list[str]]:
     """(the chain of model stages this model descends from, oldest first; the data-only stages
     that fed it). Upstream artifacts are read from beside this one, as a run directory holds
     them; the chain stops where one is missing."""
-    from align.artifacts import read_manifest
-
     chain, data = [], []
     current = artifact.manifest
     while current is not None:
@@ -340,7 +329,7 @@ def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) 
     front = yaml.safe_dump(meta, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
     method = METHOD_TEXT.get(model.method, model.method)
-    kind = KIND_TEXT.get(manifest.kind, manifest.kind)
+    kind = KINDS[manifest.kind].card if manifest.kind in KINDS else manifest.kind
     root = model.root or "unknown"
     root_text = (f"[`{root}`](https://huggingface.co/{root})" if root_on_hub
                  else f"`{scrub_paths(root)}` (a local model)")

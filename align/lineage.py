@@ -13,7 +13,8 @@ import json
 
 from align.artifacts import Artifact
 from align.errors import AlignError
-from align.recipe import MODEL_KINDS, Recipe
+from align.kinds import model_kinds
+from align.recipe import Recipe
 
 # The parts of the recipe's `model` block that decide which weights and tokenizer a lineage has.
 IDENTITY_KEYS = ("name_or_path", "revision", "tiny")
@@ -62,7 +63,7 @@ def tokenizer_fingerprint(artifact: Artifact) -> str | None:
 def check_tokenizers(stage: str, inputs: dict[str, Artifact]) -> None:
     seen: dict[str, tuple[str, Artifact]] = {}
     for name, artifact in inputs.items():
-        if artifact.manifest.kind not in MODEL_KINDS:
+        if artifact.manifest.kind not in model_kinds():
             continue
         fingerprint = tokenizer_fingerprint(artifact)
         if fingerprint is None:
@@ -79,6 +80,6 @@ def check_tokenizers(stage: str, inputs: dict[str, Artifact]) -> None:
 
 def check_inputs(recipe: Recipe, stage: str, inputs: dict[str, Artifact]) -> None:
     for upstream, artifact in inputs.items():
-        if artifact.manifest.kind in MODEL_KINDS:
+        if artifact.manifest.kind in model_kinds():
             check_base_model(recipe, stage, upstream, artifact)
     check_tokenizers(stage, inputs)

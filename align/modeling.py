@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from align.artifacts import MANIFEST, Artifact, load_artifact
 from align.errors import AlignError
+from align.tiny import TinyConfig, build_tiny
 
 if TYPE_CHECKING:
     from align.recipe import MethodSpec, Recipe
@@ -32,8 +33,6 @@ def torch_dtype(name: str | None):
 def resolve_base(recipe: "Recipe") -> str:
     """The recipe's base model as a loadable reference (the tiny model is built on demand)."""
     if recipe.model.name_or_path == "tiny":
-        from align.tiny import TinyConfig, build_tiny
-
         return str(build_tiny(TinyConfig.from_dict({**recipe.model.tiny, "world": recipe.world})))
     ref = recipe.model.name_or_path
     local = recipe.resolve_path(ref)
@@ -117,11 +116,39 @@ def merge_adapter(model, adapter_dir: Path):
     from peft import PeftConfig, PeftModel
 
     config = PeftConfig.from_pretrained(str(adapter_dir))
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     if config.is_prompt_learning:
         # Virtual tokens cannot be folded into weights; keep the PEFT wrapper (inference only).
-        return peft_model
-    return peft_model.merge_and_unload()
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    # Merging needs no task wrapper, and a causal-LM adapter merges as well into the same
+    # weights under a sequence-classification head (a reward model started from a LoRA SFT).
+    config.task_type = None
+    return PeftModel.from_pretrained(model, str(adapter_dir), config=config).merge_and_unload()
+
+
+def load_start_model(start: Artifact | str, *, task: str = "causal-lm", dtype=None,
+                     method: "MethodSpec | None" = None, merged_dir: Path | None = None,
+                     is_main: bool = True, wait=lambda: None, **kwargs):
+    """The model a stage starts from: an upstream artifact exactly (adapters merged) or the base
+    model (`start` a loadable path or id), 4-bit when `method` is qlora.
+
+    QLoRA quantises from full weights on disk, so an adapter upstream is merged once into
+    `merged_dir` (by the main process; `wait` lets the other ranks catch up)."""
+    quantized = method is not None and method.type == "qlora"
+    if not quantized:
+        if isinstance(start, Artifact):
+            return load_artifact_model(start, task=task, dtype=dtype, **kwargs)
+        return load_full(start, task=task, dtype=dtype, **kwargs)
+    source = start
+    if isinstance(start, Artifact):
+        source = str(start.model_path())
+        if start.manifest.model.type != "full":
+            if not (merged_dir / "config.json").exists() and is_main:
+                load_artifact_model(start, task=task, dtype=dtype, **kwargs).save_pretrained(merged_dir)
+            wait()
+            source = str(merged_dir)
+    q = quantization_config(method)
+    kwargs.pop("revision", None)
+    return load_full(source, task=task, dtype=q.bnb_4bit_compute_dtype, quantization=q, **kwargs)
 
 
 def quantization_config(method: "MethodSpec"):

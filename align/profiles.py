@@ -1,4 +1,4 @@
-"""Which accelerate profile each stage kind supports, checked before anything trains.
+"""Accelerate profiles: the shipped ones, the class of each, and which stage kinds run under it.
 
 A profile is classified by what its processes share: `single` (one process), `ddp` (data
 parallel replicas: cpu-ddp, ddp, multi-node), `zero2` / `zero3` (DeepSpeed), `fsdp`. Stages on
@@ -20,18 +20,31 @@ import yaml
 
 from align.errors import AlignError
 
-ALL = ("single", "ddp", "zero2", "zero3", "fsdp")
-SUPPORT = {
-    "pretrain": ALL, "sft": ALL, "rm": ALL, "dpo": ALL, "kto": ALL, "orpo": ALL,
-    "idk": ALL, "evaluate": ALL,
-    "ppo": ("single", "ddp"),
-}
+# Profile classes, by what their processes share.
+ALL_PROFILES = ("single", "ddp", "zero2", "zero3", "fsdp")
 DESCRIBE = {"single": "one process", "ddp": "data parallel", "zero2": "DeepSpeed ZeRO-2",
             "zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP"}
-WHY = {
-    "ppo": "align's PPO generates rollouts from the unwrapped policy and keeps its own reference "
-           "and value models and optimizer, which DeepSpeed and FSDP would shard or replace",
-}
+# The shipped profiles: a recipe names one by its stem (`accelerate: cpu-ddp`).
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A shipped profile's file by name, or a user's accelerate config file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise AlignError(f"accelerate profile file not found: {path}")
+        return path
+    candidate = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        shipped = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        raise AlignError(f"unknown accelerate profile '{name_or_path}'. Shipped profiles: "
+                         f"{', '.join(shipped)}; or give a path to an accelerate config file.")
+    return candidate
+
+
+def is_single_process(profile: Path) -> bool:
+    return classify_file(profile) == "single"
 
 
 def classify(config: dict) -> str:
@@ -67,32 +80,19 @@ def running_class() -> str:
     return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
 
 
-def check_stage(name: str, kind: str, profile_class: str, profile_name: str) -> None:
-    """Raise AlignError when a stage kind does not run under a profile class."""
-    supported = SUPPORT.get(kind, ALL)
-    if profile_class in supported:
+def check_stage(name: str, kind, profile_class: str, profile_name: str) -> None:
+    """Raise AlignError when a stage kind (a `kinds.StageKind`) does not run under a profile
+    class."""
+    if profile_class in kind.profiles:
         return
-    why = f" ({WHY[kind]})" if kind in WHY else ""
+    why = f" ({kind.profile_reason})" if kind.profile_reason else ""
     raise AlignError(
-        f"stage '{name}' (kind {kind}) does not run under accelerate profile '{profile_name}' "
+        f"stage '{name}' (kind {kind.name}) does not run under accelerate profile '{profile_name}' "
         f"({DESCRIBE[profile_class]}){why}. It runs under: "
-        f"{', '.join(DESCRIBE[c] for c in supported)}, e.g. the profiles "
-        f"{', '.join(shipped_of(supported))}. Give that stage's run another profile with "
+        f"{', '.join(DESCRIBE[c] for c in kind.profiles)}, e.g. the profiles "
+        f"{', '.join(shipped_of(kind.profiles))}. Give that stage's run another profile with "
         f"`align run RECIPE --only {name} --accelerate ddp`.")
 
 
-def check_recipe(recipe, profile: Path, only: list[str] | None = None) -> str:
-    """The recipe's stages (those in `only`, when given) against the profile; returns the
-    profile's class."""
-    profile_class = classify_file(profile)
-    for name in recipe.order():
-        if only and name not in only:
-            continue
-        check_stage(name, recipe.stages[name].kind, profile_class, profile.stem)
-    return profile_class
-
-
 def shipped_of(classes) -> list[str]:
-    from align.runner import PROFILE_DIR
-
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml") if classify_file(p) in classes)

@@ -19,12 +19,9 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from align.data.world import WorldConfig, build_world
 from align.errors import AlignError
-
-STAGE_KINDS = ("pretrain", "sft", "idk", "rm", "ppo", "dpo", "kto", "orpo", "evaluate")
-METHODS = ("full", "freeze", "lora", "qlora", "ptuning", "prefix")
-# Kinds whose artifact is a model that later stages can start from.
-MODEL_KINDS = ("pretrain", "sft", "rm", "ppo", "dpo", "kto", "orpo")
+from align.kinds import KINDS, get_kind, model_kinds
 # Keys align sets itself; a recipe that sets them in `args` is refused rather than ignored.
 RESERVED_ARGS = ("output_dir", "resume_from_checkpoint", "logging_dir", "push_to_hub", "hub_token")
 
@@ -175,7 +172,7 @@ class PushSpec(Strict):
 
 
 class Stage(Strict):
-    kind: Literal["pretrain", "sft", "idk", "rm", "ppo", "dpo", "kto", "orpo", "evaluate"]
+    kind: str  # a registered stage kind (align.kinds)
     from_: list[str] = Field(default_factory=list, alias="from")
     data: DataSpec | None = None
     method: MethodSpec = Field(default_factory=MethodSpec)
@@ -185,6 +182,15 @@ class Stage(Strict):
     # Kind-specific settings that are not TRL config fields (e.g. the IDK builder, evaluation).
     options: dict[str, Any] = Field(default_factory=dict)
     push_to_hub: PushSpec | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, value):
+        if value not in KINDS:
+            hint = difflib.get_close_matches(value, list(KINDS), n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ValueError(f"unknown stage kind{extra} Kinds: {', '.join(KINDS)}")
+        return value
 
     @field_validator("from_", mode="before")
     @classmethod
@@ -328,6 +334,7 @@ def build_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     except ValidationError as exc:
         raise RecipeError(format_validation_error(exc, source)) from None
     recipe.source = source
+    check_world(recipe)
     check_references(recipe)
     for name, stage in recipe.stages.items():
         check_stage_args(recipe, name, stage)
@@ -400,6 +407,14 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid recipe: " + "; ".join(lines) + more + "."
 
 
+def check_world(recipe: Recipe) -> None:
+    """World settings that name no setting or cannot build a world (`known_fraction: 2`)."""
+    try:
+        build_world(WorldConfig(**recipe.world))
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{recipe.source}: invalid `world` settings: {exc}.") from None
+
+
 def check_references(recipe: Recipe) -> None:
     names = list(recipe.stages)
     for name, stage in recipe.stages.items():
@@ -447,30 +462,7 @@ def topological_order(recipe: Recipe) -> list[str]:
 
 def config_class(kind: str):
     """The config class a stage's `args` feed (None for kinds configured by `options` only)."""
-    if kind in ("pretrain", "sft"):
-        from trl import SFTConfig
-        return SFTConfig
-    if kind == "rm":
-        from trl import RewardConfig
-        return RewardConfig
-    if kind == "dpo":
-        from trl import DPOConfig
-        return DPOConfig
-    if kind == "kto":
-        from trl import KTOConfig
-        return KTOConfig
-    if kind == "orpo":
-        import os
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from trl.experimental.orpo import ORPOConfig
-        return ORPOConfig
-    if kind == "ppo":
-        try:
-            from align.ppo.config import PPOConfig
-        except ImportError:
-            return None
-        return PPOConfig
-    return None
+    return get_kind(kind).config_class()
 
 
 def _accepts(annotation, value) -> bool:
@@ -507,6 +499,9 @@ def _type_name(annotation) -> str:
 def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
     cls = config_class(stage.kind)
     if cls is None:
+        if stage.args:
+            raise RecipeError(f"{recipe.source}: stages.{name}.args: a {stage.kind} stage takes "
+                              "no `args`; its settings go in `options`.")
         return
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -539,31 +534,27 @@ def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
             raise RecipeError(str(exc)) from None
 
 
-# What each kind needs: data, and upstream stages of which kinds.
-NEEDS_DATA = ("pretrain", "sft", "rm", "dpo", "kto", "orpo", "ppo", "idk", "evaluate")
-
-
 def check_stage_needs(recipe: Recipe, name: str, stage: Stage) -> None:
-    src = recipe.source
-    if stage.kind in NEEDS_DATA and stage.data is None and stage.kind not in ("idk", "evaluate"):
+    """What the stage's kind needs: data, a tuning method it supports, an upstream model."""
+    src, kind = recipe.source, get_kind(stage.kind)
+    if kind.needs_data and stage.data is None:
         raise RecipeError(f"{src}: stage '{name}' (kind {stage.kind}) needs a `data` block.")
-    if stage.kind not in ("pretrain", "sft") and stage.method.type in ("ptuning", "prefix"):
-        raise RecipeError(f"{src}: stages.{name}.method: {stage.method.type} is supported for "
-                          "pretrain and sft stages only.")
-    if stage.kind in ("idk", "evaluate") and stage.method.type != "full":
+    if not kind.methods and stage.method.type != "full":
         raise RecipeError(f"{src}: stages.{name}.method: a {stage.kind} stage trains nothing; "
                           "remove `method`.")
+    if kind.methods and stage.method.type not in kind.methods:
+        raise RecipeError(f"{src}: stages.{name}.method: {stage.method.type} is not supported by "
+                          f"{stage.kind} stages (they take {', '.join(kind.methods)}).")
     if stage.data is not None and not stage.data.eval and stage.data.eval_fraction == 0:
         if stage.early_stopping_patience:
             raise RecipeError(f"{src}: stages.{name}.early_stopping_patience needs eval data: add "
                               "data.eval or data.eval_fraction, or remove it.")
-        if stage.args.get("eval_strategy", "no") != "no" and stage.kind != "ppo":
+        if stage.args.get("eval_strategy", "no") != "no":
             raise RecipeError(f"{src}: stages.{name}.args.eval_strategy is "
                               f"'{stage.args['eval_strategy']}' but the stage has no eval data: "
                               "add data.eval or data.eval_fraction, or remove it.")
-    model_inputs = [u for u in stage.from_ if recipe.stages[u].kind in MODEL_KINDS]
-    if stage.kind in ("rm", "dpo", "kto", "orpo", "ppo", "idk") and not model_inputs and \
-            stage.kind != "rm":
+    model_inputs = [u for u in stage.from_ if recipe.stages[u].kind in model_kinds()]
+    if kind.needs_from and not model_inputs:
         # These start from a trained policy; starting from the raw base is almost always a
         # mistake (the reference model would be the base).
         raise RecipeError(f"{src}: stage '{name}' (kind {stage.kind}) needs `from:` naming the "

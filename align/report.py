@@ -6,9 +6,11 @@ evaluation's seesaw table and chart) so a user opens one file instead of a dozen
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from align.jsonl import read_jsonl
+from align.stages.summary import metric_parts
 
 REPORT_FILE = "report.md"
 CURVES_FILE = "curves.png"
@@ -18,10 +20,6 @@ CURVES_FILE = "curves.png"
 TRAINER_LOG = ("history", "step", [("train loss", "loss"), ("eval loss", "eval_loss")])
 PPO_LOG = ("stats", "PPO step", [("score", "score_raw"), ("KL", "kl")])
 SECOND_AXIS = "KL"  # on another scale than the score it is drawn with
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stage_history(artifact) -> tuple[str, list[tuple[str, list[tuple[float, float]]]]]:
@@ -76,8 +74,6 @@ def plot_curves(artifacts: dict, path: Path) -> Path | None:
 
 
 def stage_row(name: str, artifact) -> str:
-    from align.stages.summary import metric_parts
-
     m = artifact.manifest
     seconds = f"{m.finished_at - m.started_at:.0f} s" if m.finished_at and m.started_at else "-"
     return f"| {name} | {m.kind} | {'; '.join(metric_parts(m.metrics)) or '-'} | {seconds} |"

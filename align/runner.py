@@ -17,65 +17,34 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from align.artifacts import StageDirs, config_hash, file_fingerprint, load_artifact
+from align.artifacts import StageDirs, load_artifact
+from align.data.world import WorldConfig, build_world
+from align.distributed import process_state
 from align.errors import AlignError
+from align.hub import push_artifact
+from align.kinds import get_kind
+from align.lineage import check_inputs
+from align.modeling import resolve_base
+from align.profiles import is_single_process, profile_path
 from align.recipe import Recipe, load_recipe
-
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+from align.report import write_report
+from align.stage_data import world_dir
+from align.stage_hash import reads_world, stage_hash
+from align.stages.context import StageContext
+from align.stages.summary import one_line
 
 
 # -- world and base model ----------------------------------------------------------------------
 
-def uses_world(recipe: Recipe) -> bool:
-    if recipe.model.name_or_path == "tiny":
-        return True
-    for stage in recipe.stages.values():
-        if stage.data and any(s.world for s in [*stage.data.train, *stage.data.eval]):
-            return True
-        if stage.kind in ("evaluate", "idk") and stage.data is None:
-            return True
-    return False
-
-
 def prepare_world(recipe: Recipe) -> Path | None:
     """Write the embedded world's files into the run directory (idempotent)."""
-    from align.data.world import WorldConfig, build_world
-    from align.stages.context import world_dir
-
-    if not uses_world(recipe):
+    if not any(reads_world(recipe, stage) for stage in recipe.stages.values()):
         return None
-    try:
-        config = WorldConfig(**recipe.world)
-    except TypeError as exc:
-        raise AlignError(f"{recipe.source}: invalid `world` settings: {exc}") from None
     out = world_dir(recipe)
-    build_world(config).write(out)  # cheap; files are rewritten only when they change
+    # The settings were checked with the recipe (recipe.check_world); files are rewritten only
+    # when their content changes.
+    build_world(WorldConfig(**recipe.world)).write(out)
     return out
-
-
-# -- hashing -----------------------------------------------------------------------------------
-
-def data_files(recipe: Recipe, name: str) -> list[Path]:
-    from align.stages.context import world_dir
-
-    stage = recipe.stages[name]
-    files = []
-    if stage.data:
-        for src in [*stage.data.train, *stage.data.eval]:
-            if src.path:
-                files.append(recipe.resolve_path(src.path))
-            elif src.world:
-                files.append(world_dir(recipe) / f"{src.world}.jsonl")
-    return files
-
-
-def stage_hash(recipe: Recipe, name: str, input_hashes: dict[str, str]) -> str:
-    from align.stages.context import stage_config
-
-    return config_hash(stage_config(recipe, name), input_hashes,
-                       file_fingerprint(data_files(recipe, name)))
 
 
 def finished_inputs(recipe: Recipe, name: str) -> dict:
@@ -89,8 +58,6 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None
-    from align.lineage import check_inputs
-
     check_inputs(recipe, name, inputs)
     return inputs
 
@@ -111,17 +78,11 @@ def current_artifact(recipe: Recipe, name: str):
 
 def execute_stage(recipe: Recipe, name: str):
     """Run one stage in this process (also what `accelerate launch ... align stage` calls)."""
-    from align.modeling import resolve_base
-    from align.stages import stage_module
-    from align.stages.context import StageContext
-
     inputs, digest = inputs_and_hash(recipe, name)
     dirs = StageDirs(recipe.output_dir(), name)
     finished = dirs.finished(digest)
     if finished:
         return finished
-    from align.stages.context import process_state
-
     state = process_state()
     resumed = False
     if state.is_main_process:
@@ -131,33 +92,13 @@ def execute_stage(recipe: Recipe, name: str):
                        dirs=dirs, config_hash=digest, base_model=resolve_base(recipe),
                        resumed=resumed)
     try:
-        return stage_module(recipe.stages[name].kind).run(ctx)
+        return get_kind(recipe.stages[name].kind).run_function()(ctx)
     except Exception:
         # Bad input found inside the stage, a numerical fault, a crash: keep only what a rerun
         # can resume from (the last complete checkpoints), never temporary files.
         if state.is_main_process:
             dirs.clean_after_failure()
         raise
-
-
-def profile_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise AlignError(f"accelerate profile file not found: {path}")
-        return path
-    candidate = PROFILE_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        shipped = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-        raise AlignError(f"unknown accelerate profile '{name_or_path}'. Shipped profiles: "
-                         f"{', '.join(shipped)}; or give a path to an accelerate config file.")
-    return candidate
-
-
-def is_single_process(profile: Path) -> bool:
-    config = yaml.safe_load(profile.read_text()) or {}
-    return int(config.get("num_processes", 1)) == 1 and \
-        str(config.get("distributed_type", "NO")).upper() == "NO"
 
 
 def launch_command(recipe_path: str, name: str, overrides: list[str], profile: Path) -> list[str]:
@@ -188,8 +129,6 @@ def run_lock(run_dir: Path):
 def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: list[str] | None = None,
                accelerate: str | None = None) -> dict:
     """Run (or skip, or resume) every stage; returns name -> artifact."""
-    from align.stages.summary import one_line
-
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_path, overrides)
     profile = profile_path(accelerate or recipe.accelerate)
@@ -235,8 +174,6 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
             print(f"{tag} " + one_line(name, artifact.manifest.kind, artifact.manifest.metrics,
                                        time.time() - start), flush=True)
         if results:
-            from align.report import write_report
-
             print(f"align: report {write_report(run_dir, recipe.name, results)}", flush=True)
     return results
 
@@ -246,8 +183,6 @@ def push_stage(recipe: Recipe, name: str, artifact, tag: str = "") -> None:
     push = recipe.stages[name].push_to_hub
     if push is None:
         return
-    from align.hub import push_artifact
-
     pushed = push_artifact(artifact.path, push.repo_id, private=push.private, revision=push.revision)
     print(f"{tag} {name}: pushed to {pushed.repo_id} ({pushed.commit_url})".lstrip(), flush=True)
 

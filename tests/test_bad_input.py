@@ -331,7 +331,7 @@ def _(tmp):
     jsonl(tmp / "qa.jsonl", [{"question": "Q?", "answers": ["A"]}])
     stages = {"sft": {"kind": "sft", "data": "sft.jsonl"},
               "evaluate": {"kind": "evaluate", "from": "sft", "data": "qa.jsonl"}}
-    return run(recipe(tmp, stages)), ["qa.jsonl, row 1, column 'known'", "missing column"]
+    return run(recipe(tmp, stages)), ["qa.jsonl, row 1, column 'known'", "is missing"]
 
 
 @case("wrong type in a column")

@@ -9,7 +9,8 @@ override failed under ddp / fsdp / zero profiles (seen on a GPU with the fsdp pr
 from pathlib import Path
 
 from align.cli import main
-from align.runner import launch_command, profile_path
+from align.profiles import profile_path
+from align.runner import launch_command
 
 RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml")
 TYPO = "stages.sft.args.learning_rat=1"  # refused with a suggestion once it reaches the recipe

@@ -82,7 +82,8 @@ def test_non_finite_weights_are_never_checkpointed():
     import torch
     from transformers import TrainerControl, TrainerState
 
-    from align.stages.callbacks import NonFiniteError, NonFiniteLossCallback
+    from align.errors import NonFiniteError
+    from align.stages.callbacks import NonFiniteLossCallback
 
     model = torch.nn.Linear(2, 2)
     callback = NonFiniteLossCallback()
@@ -105,7 +106,7 @@ def test_ppo_non_finite_loss_stops_naming_the_step(tmp_path, capsys, tiny_model)
     from align.ppo.config import PPOConfig
     from align.ppo.rewards import build_reward
     from align.ppo.trainer import PPOTrainer
-    from align.stages.callbacks import NonFiniteError
+    from align.errors import NonFiniteError
 
     path = tiny_model
     config = PPOConfig(rewards=[{"source": "align.ppo.rewards:correct_answer"}], batch_size=2,
@@ -159,9 +160,9 @@ def test_defaults_clip_gradients_and_bound_checkpoints(tmp_path):
 def test_failed_stage_cleans_its_temporary_files(tmp_path, monkeypatch):
     """A crash leaves only what a rerun resumes from: nothing at all without a checkpoint;
     with one, the complete checkpoints and the progress file, never temporary files."""
-    import types
+    import dataclasses
 
-    import align.stages
+    from align import kinds
     from align.runner import run_recipe
 
     def crashing(with_checkpoint: bool):
@@ -176,10 +177,11 @@ def test_failed_stage_cleans_its_temporary_files(tmp_path, monkeypatch):
                 (good / "trainer_state.json").write_text("{}")
                 (ctx.dirs.checkpoints / "checkpoint-4").mkdir()  # killed while saving
             raise RuntimeError("out of memory")
-        return types.SimpleNamespace(run=run)
+        return run
 
     for with_checkpoint in (False, True):
-        monkeypatch.setattr(align.stages, "stage_module", lambda kind: crashing(with_checkpoint))
+        monkeypatch.setitem(kinds.KINDS, "sft", dataclasses.replace(kinds.get_kind("sft"),
+                                                                   run=crashing(with_checkpoint)))
         run_dir = tmp_path / str(with_checkpoint)
         run_dir.mkdir()
         path = write_recipe(run_dir, {"sft": {"kind": "sft", "data": "world:sft"}})

@@ -589,8 +589,9 @@ def test_unknown_names_refused():
 
 
 def test_format_and_target_names():
-    assert FORMATS == ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag")
-    assert TARGETS == ("language_modeling", "sft", "preference", "unpaired", "prompt_only")
+    assert FORMATS == ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag", "qa")
+    assert TARGETS == ("language_modeling", "sft", "preference", "unpaired", "prompt_only", "qa",
+                       "labelled_qa")
 
 
 # ------------------------------------------------------------------------------------------

@@ -42,10 +42,8 @@ def test_idk_stage_probes_and_writes_training_files(tmp_path, pretrained_tiny):
 
 def test_probe_rows_label_an_evaluation_set():
     """Real QA has no `known` column: an idk probe of the SFT model supplies it, grey left out."""
-    from align.stages.evaluate import labels_from_probe
-
     probe = [{"question": "q1", "answers": ["a"], "category": "known"},
              {"question": "q2", "answers": ["b"], "category": "grey"},
              {"question": "q3", "answers": ["c"], "category": "unknown"}]
-    rows = labels_from_probe(probe)
+    rows = convert_rows(probe, source="probe.jsonl", target="labelled_qa").rows
     assert [(r["question"], r["known"]) for r in rows] == [("q1", True), ("q3", False)]

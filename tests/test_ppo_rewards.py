@@ -152,7 +152,7 @@ def test_callable_import_errors_name_the_string():
         import_callable("no_such_module_xyz:score")
     with pytest.raises(AlignError, match="'json:no_such_function'.*no attribute"):
         import_callable("json:no_such_function")
-    with pytest.raises(AlignError, match="'json:__doc__'.*not a function"):
+    with pytest.raises(AlignError, match="'json:__doc__'.*not callable"):
         import_callable("json:__doc__")
     assert import_callable("test_ppo_rewards:length_reward") is length_reward
     config = PPOConfig(rewards=[{"source": "no_such_module_xyz:score"}])

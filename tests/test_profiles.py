@@ -13,8 +13,9 @@ import torch
 
 from align.cli import main
 from align.errors import AlignError
-from align.profiles import SUPPORT, check_stage, classify_file, running_class
-from align.runner import PROFILE_DIR, launch_command, profile_path
+from align.kinds import KINDS, get_kind
+from align.profiles import PROFILE_DIR, check_stage, classify_file, profile_path, running_class
+from align.runner import launch_command
 from align.validate import validate_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,10 +117,10 @@ def test_stage_launched_by_hand_checks_the_profile_it_runs_under(monkeypatch):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     assert running_class() == "zero3"
     with pytest.raises(AlignError, match="does not run under.*DeepSpeed ZeRO-3"):
-        check_stage("ppo", "ppo", running_class(), "zero3")
+        check_stage("ppo", get_kind("ppo"), running_class(), "zero3")
     for kind in ("sft", "dpo", "idk", "evaluate"):
-        check_stage(kind, kind, "zero3", "zero3")
-    assert set(SUPPORT) == {"pretrain", "sft", "rm", "dpo", "kto", "orpo", "ppo", "idk", "evaluate"}
+        check_stage(kind, get_kind(kind), "zero3", "zero3")
+    assert {"pretrain", "sft", "rm", "dpo", "kto", "orpo", "ppo", "idk", "evaluate"} <= set(KINDS)
 
 
 def test_generation_gathers_zero3_partitioned_parameters(monkeypatch):

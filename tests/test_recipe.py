@@ -178,7 +178,8 @@ def test_every_shipped_recipe_validates():
 
 
 def test_every_shipped_profile_validates_and_launches_through_accelerate():
-    from align.runner import PROFILE_DIR, is_single_process, launch_command, profile_path
+    from align.profiles import PROFILE_DIR, is_single_process, profile_path
+    from align.runner import launch_command
     from align.validate import validate_recipe
 
     recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml")

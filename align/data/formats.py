@@ -40,8 +40,9 @@ from itertools import chain
 
 from align.errors import AlignError, DataError
 
-FORMATS = ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag")
-TARGETS = ("language_modeling", "sft", "preference", "unpaired", "prompt_only")
+FORMATS = ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag", "qa")
+TARGETS = ("language_modeling", "sft", "preference", "unpaired", "prompt_only", "qa",
+           "labelled_qa")
 
 # Shown when a layout cannot be detected, so the user can pick one by its columns.
 _LAYOUT_HELP = {
@@ -52,6 +53,7 @@ _LAYOUT_HELP = {
     "alpaca": "instruction, optional input, output",
     "sharegpt": "conversations: list of {from: human|gpt|system, value}",
     "kto_tag": "prompt, completion and a boolean column named by label_column",
+    "qa": "question, answers (a string or a list of accepted answers) [, known]",
 }
 
 # Row kinds: what a layout provides, independent of how it is spelled.
@@ -62,6 +64,7 @@ _KIND_WORDS = {
     "preference": "paired preference rows (chosen/rejected)",
     "unpaired": "unpaired rows (one completion with a desirable/undesirable label)",
     "prompt": "prompt-only rows",
+    "qa": "question-answer rows",
 }
 
 _ACCEPTS = {
@@ -70,6 +73,8 @@ _ACCEPTS = {
     "preference": {"preference"},
     "unpaired": {"unpaired", "preference"},
     "prompt_only": {"conversation", "prompt_completion", "preference", "unpaired", "prompt"},
+    "qa": {"qa"},
+    "labelled_qa": {"qa"},
 }
 
 # What a bare "trl" layout means for each target when no columns are known yet.
@@ -79,6 +84,8 @@ _TRL_DEFAULT = {
     "preference": ("preference", {"chosen", "rejected"}),
     "unpaired": ("unpaired", {"prompt", "completion"}),
     "prompt_only": ("prompt", {"prompt"}),
+    "qa": ("qa", {"question", "answers"}),
+    "labelled_qa": ("qa", {"question", "answers"}),
 }
 
 _ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
@@ -164,6 +171,8 @@ def detect_format(
         return "trl"
     if label_column != "label" and {"prompt", "completion", label_column} <= cols:
         return "kto_tag"
+    if {"question", "answers"} <= cols:
+        return "qa"
     if _trl_layout(cols, label_column) is not None:
         return "trl"
     known = "\n".join(f"  - {name}: {help_}" for name, help_ in _LAYOUT_HELP.items())
@@ -213,8 +222,10 @@ def convert_rows(
     fmt: str = "auto",
     label_column: str = "label",
     on_error: str = "fail",
+    keep_columns: bool = False,
 ) -> ConversionResult:
     """Convert rows to `target`, validating each; `source` names the file in every message.
+    `keep_columns` keeps each source row's other columns beside the converted ones.
 
     The layout is decided once, from the first row, as a `datasets` table has the same columns
     in every row. Row numbers are 1-based positions in `rows`.
@@ -261,7 +272,10 @@ def convert_rows(
         try:
             if not isinstance(row, Mapping):
                 raise _RowError(None, f"a row must map column names to values, got {_type(row)}")
-            out.extend(_emit(kind, target, reader(row, ctx)))
+            records = _emit(kind, target, reader(row, ctx))
+            if keep_columns:
+                records = [{**row, **rec} for rec in records]
+            out.extend(records)
         except _RowError as exc:
             if on_error == "fail":
                 raise DataError(exc.reason, path=source, row=number, column=exc.column) from None
@@ -293,6 +307,8 @@ def _plan(fmt: str, columns: set[str], label_column: str):
         return "conversation", {"conversations"}, _read_sharegpt
     if fmt == "kto_tag":
         return "unpaired", {"prompt", "completion", label_column}, _read_unpaired
+    if fmt == "qa":
+        return "qa", {"question", "answers"}, _read_qa
     layout = _trl_layout(columns, label_column)
     if layout is None:
         raise AlignError(
@@ -317,6 +333,8 @@ def _trl_layout(cols: set[str], label_column: str):
         return "text", {"text"}, _read_text
     if "prompt" in cols:
         return "prompt", {"prompt"}, _read_prompt
+    if {"question", "answers"} <= cols:
+        return "qa", {"question", "answers"}, _read_qa
     return None
 
 
@@ -354,10 +372,18 @@ def _refusal(kind: str, target: str, fmt: str) -> str | None:
         )
     if target == "sft":
         return f"{what}, which have no responses for the sft target to train on."
+    if target in ("qa", "labelled_qa"):
+        return (f"{what}, but question answering (the idk and evaluate stages) needs a "
+                "`question` and its gold `answers` per row; map yours with `columns:`.")
+    if kind == "qa":
+        return (f"{what}, which train nothing by themselves; the idk stage builds training "
+                "data from them.")
     return f"{what}, which have no prompt for the prompt_only target."
 
 
-def _emit(kind: str, target: str, rec: dict) -> list[dict]:
+def _emit(kind: str, target: str, rec: dict | None) -> list[dict]:
+    if rec is None:  # a row the target leaves out on purpose (a probe's grey-zone question)
+        return []
     if target == "prompt_only":
         return [{"prompt": _copy(rec["prompt"])}]
     if target == "sft":
@@ -418,6 +444,34 @@ def _read_prompt_completion(row: Mapping, ctx: _Ctx) -> dict:
 def _read_unpaired(row: Mapping, ctx: _Ctx) -> dict:
     rec = _read_prompt_completion(row, ctx)
     rec["label"] = _label(row.get(ctx.label_column), ctx.label_column)
+    return rec
+
+
+def _read_qa(row: Mapping, ctx: _Ctx) -> dict | None:
+    question = _string(row, "question")
+    if not question.strip():
+        raise _RowError("question", "is empty")
+    answers = _get(row, "answers")
+    answers = [answers] if isinstance(answers, str) else answers
+    if not isinstance(answers, (list, tuple)) or not answers or \
+            not all(isinstance(a, str) and a.strip() for a in answers):
+        raise _RowError("answers", "must be a non-empty string or list of non-empty strings, "
+                                   f"got {_type(_get(row, 'answers'))}")
+    rec = {"question": question, "answers": list(answers)}
+    if row.get("known") is not None:  # a CSV's "False" is false
+        rec["known"] = _label(row["known"], "known")
+    if ctx.target != "labelled_qa":
+        return rec
+    if "known" not in rec and row.get("category") is not None:
+        # An idk stage's probe rows: what a model knows is what the probe of it found; its
+        # grey zone is left out.
+        if row["category"] not in ("known", "unknown"):
+            return None
+        return {**rec, "known": row["category"] == "known"}
+    if "known" not in rec:
+        raise _RowError("known", "is missing: labelled questions need a boolean `known` (or an "
+                                 "idk stage's probe `category`); map a column of yours to it "
+                                 "with `columns: {yours: known}`")
     return rec
 
 

@@ -7,8 +7,6 @@ hides it. So refusal is checked before correctness, and both use the same normal
 
 from __future__ import annotations
 
-import builtins
-import importlib
 import string
 import unicodedata
 from collections import Counter
@@ -16,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from align.errors import AlignError
+from align.importing import import_object
 from align.honesty.responses import DEFAULT_IDK_RESPONSES, DEFAULT_REFUSAL_PHRASES
 
 METHODS = ("exact", "contains", "f1", "callable")
@@ -62,34 +61,7 @@ def _contains_words(haystack: str, needle: str) -> bool:
 
 
 def _resolve_callable(spec: str) -> Callable[..., Any]:
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise AlignError(
-            f"judge callable {spec!r} must be a string of the form 'package.module:function'."
-        )
-    module_name, attr_path = spec.split(":")
-    if not module_name or not attr_path:
-        raise AlignError(
-            f"judge callable {spec!r} must be a string of the form 'package.module:function'."
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or an error raised while importing the module
-        raise AlignError(
-            f"judge callable {spec!r}: cannot import module '{module_name}' "
-            f"({type(exc).__name__}: {exc})."
-        ) from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise AlignError(
-                f"judge callable {spec!r}: module '{module_name}' has no attribute '{attr_path}'."
-            ) from exc
-    if not builtins.callable(obj):
-        raise AlignError(
-            f"judge callable {spec!r} resolves to a {type(obj).__name__}, which is not callable."
-        )
-    return obj
+    return import_object(spec, "judge callable")
 
 
 def _check_phrase_list(name: str, value: Any) -> list[str]:

@@ -13,7 +13,6 @@ the clip and the penalty are in the same units as the normalised score.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -21,6 +20,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from align.errors import AlignError
+from align.honesty.judge import Judge
+from align.importing import import_object
+from align.modeling import load_start_model, load_tokenizer
 from align.ppo.core import RunningMoments
 
 # --------------------------------------------------------------------------------------------
@@ -117,8 +119,6 @@ class RewardModelSource:
     @classmethod
     def from_artifact(cls, artifact, *, policy_tokenizer, device, dtype=None, normalize: bool = False,
                       batch_size: int | None = None, trust_remote_code: bool = False):
-        from align.modeling import load_artifact_model, load_tokenizer
-
         ref = artifact.manifest.model
         if ref is None or ref.task != "sequence-classification":
             raise AlignError(f"artifact '{artifact.name}' ({artifact.path}) holds no reward model "
@@ -133,10 +133,9 @@ class RewardModelSource:
                                  f"score_std={std!r} in {artifact.path / 'artifact.json'}. Use "
                                  "score_normalization: running (or none) instead.")
             stats = (float(mean), float(std))
-        model = load_artifact_model(artifact, task="sequence-classification", dtype=dtype,
-                                    trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(artifact.path / (artifact.manifest.tokenizer or "model"),
-                                   trust_remote_code)
+        model = load_start_model(artifact, task="sequence-classification", dtype=dtype,
+                                 trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(artifact.tokenizer_path(), trust_remote_code)
         model.requires_grad_(False)
         return cls(model.to(device), tokenizer, policy_tokenizer=policy_tokenizer,
                    normalize_with=stats, batch_size=batch_size)
@@ -250,21 +249,7 @@ class CallableSource:
 
 
 def import_callable(spec: str) -> Callable:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise AlignError(f"reward source '{spec}' is not of the form module:function.")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any error while importing user code is the user's to fix
-        raise AlignError(f"reward source '{spec}': cannot import module '{module_name}': "
-                         f"{type(exc).__name__}: {exc}. It must be importable in the training "
-                         "process (installed, or on PYTHONPATH).") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise AlignError(f"reward source '{spec}': module '{module_name}' has no attribute '{attr}'.")
-    if not callable(fn):
-        raise AlignError(f"reward source '{spec}': '{attr}' is a {type(fn).__name__}, not a function.")
-    return fn
+    return import_object(spec, "reward source")
 
 
 @dataclass
@@ -340,8 +325,6 @@ def correct_answer(prompts, completions, answers=None, **columns) -> list[float]
     """A verifiable reward for QA data: 1.0 when the completion contains a gold answer or alias
     (the `answers` column, judged as the evaluation judges), else 0.0. For recipes:
     `source: align.ppo.rewards:correct_answer`."""
-    from align.honesty.judge import Judge
-
     if answers is None:
         raise AlignError("align.ppo.rewards:correct_answer needs an `answers` column in the prompt data "
                          "(a gold answer or a list of aliases per row).")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from align.errors import AlignError
+from align.errors import AlignError, NonFiniteError
 from align.ppo.config import PPOConfig
 from align.ppo.core import (
     AdaptiveKLController,
@@ -650,8 +650,6 @@ def _adamw(params, config: PPOConfig):
 def stop_if_not_finite(stats: dict, step: int, output_dir) -> None:
     """A non-finite loss or gradient norm ends training before the broken weights are saved;
     the checkpoints written before (every `save_steps`) are kept for a resume."""
-    from align.stages.callbacks import NonFiniteError
-
     for key in ("policy_loss", "value_loss", "grad_norm"):
         value = stats.get(key)
         if isinstance(value, float) and not math.isfinite(value):

@@ -6,7 +6,7 @@ import math
 
 from transformers import TrainerCallback
 
-from align.errors import AlignError
+from align.errors import NonFiniteError
 
 
 class NonFiniteLossCallback(TrainerCallback):
@@ -40,7 +40,3 @@ class NonFiniteLossCallback(TrainerCallback):
                     f"finite, so checkpoint-{state.global_step} was not written. The last good "
                     f"checkpoint (if any) is kept in {args.output_dir}; lower the learning rate "
                     "or check the data, then rerun to resume.")
-
-
-class NonFiniteError(AlignError):
-    pass

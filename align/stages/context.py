@@ -7,19 +7,28 @@ main process only) lives here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from align.artifacts import Artifact, Manifest, ModelRef, StageDirs, library_versions
+from align.artifacts import (Artifact, Manifest, ModelRef, StageDirs, library_versions,
+                             read_manifest)
+from align.distributed import is_sharded, process_state
 from align.errors import AlignError, DataError
-from align.data.lengths import PROMPTED_TARGETS
-from align.recipe import MODEL_KINDS, DataSource, Recipe, Stage
+from align.jsonl import write_jsonl
+from align.kinds import model_kinds
+from align.modeling import count_trainable, load_start_model, load_tokenizer, torch_dtype
+from align.recipe import DataSource, Recipe, Stage
+from align.stage_data import StageData
+from align.stage_hash import stage_config
+from align.stages.callbacks import NonFiniteLossCallback
 
 # Trainer defaults that suit align's per-stage directories; any of them can be set in `args`.
 TRAINER_DEFAULTS = dict(
@@ -39,7 +48,6 @@ class StageContext:
     config_hash: str
     base_model: str  # the recipe's base model, resolved (tiny built, local path or Hub id)
     resumed: bool = False
-    dropped_rows: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     # -- processes ---------------------------------------------------------------------------
@@ -60,7 +68,7 @@ class StageContext:
         """The upstream artifact this stage's model starts from (first model in `from`)."""
         for name in self.stage.from_:
             artifact = self.inputs[name]
-            if artifact.manifest.kind in MODEL_KINDS and artifact.manifest.model:
+            if artifact.manifest.kind in model_kinds() and artifact.manifest.model:
                 if artifact.manifest.model.task == "causal-lm":
                     return artifact
         return None
@@ -78,55 +86,18 @@ class StageContext:
         return self.recipe.model.name_or_path if self.recipe.model.name_or_path != "tiny" else "tiny"
 
     # -- data ----------------------------------------------------------------------------------
-    def read_source(self, src: DataSource) -> tuple[str, list[dict]]:
-        from align.data.sources import read_hub, read_local
+    @cached_property
+    def data(self) -> StageData:
+        return StageData(self.recipe, self.name, self.inputs, tokenizer=self.load_tokenizer,
+                         log=self.log)
 
-        if src.path:
-            path = self.recipe.resolve_path(src.path)
-            return str(src.path), read_local(path)
-        if src.hub:
-            return f"hub:{src.hub}", read_hub(src.hub, src.subset, src.split)
-        if src.world:
-            path = world_dir(self.recipe) / f"{src.world}.jsonl"
-            return f"world:{src.world}", read_local(path)
-        artifact = self.inputs[src.stage]
-        path = artifact.file(src.file)
-        return f"{src.stage}/{src.file}", read_local(path)
+    @property
+    def dropped_rows(self) -> dict[str, int]:
+        return self.data.dropped
 
     def rows(self, target: str, sources: list[DataSource] | None = None) -> list[dict]:
-        """Rows of the stage's training sources, converted to `target` (a formats.TARGETS)."""
-        from align.data.formats import convert_rows
-        from align.data.sources import load_rows, mix
-
-        spec = self.stage.data
-        sources = spec.train if sources is None else sources
-        parts = []
-        for (name, rows), src in zip(load_rows(sources, self.read_source, self.recipe.seed), sources):
-            result = convert_rows(rows, source=name, target=target, fmt=src.format,
-                                  label_column=src.label_column, on_error=spec.on_error)
-            if result.dropped:
-                self.dropped_rows[name] = len(result.dropped)
-                self.log(f"dropped {len(result.dropped)} malformed rows of {name} "
-                         f"(first: {result.dropped[0]})")
-            converted = result.rows
-            if target in PROMPTED_TARGETS:
-                converted = self.rows_that_fit(converted, len(rows), result.dropped, name)
-            parts.append(converted)
-        return mix(parts, self.recipe.seed)
-
-    def rows_that_fit(self, converted: list[dict], n_source: int, problems, name: str) -> list[dict]:
-        """Refuse (or drop) rows whose prompt alone reaches the stage's max_length."""
-        from align.data.lengths import fit_prompts
-        from align.recipe import config_class
-
-        kept, dropped, limit = fit_prompts(converted, n_source, problems, self.load_tokenizer(),
-                                           self.stage.args, config_class(self.stage.kind), name,
-                                           self.stage.data.on_error,
-                                           f"stages.{self.name}.args.max_length")
-        if dropped:
-            self.dropped_rows[name] = self.dropped_rows.get(name, 0) + dropped
-            self.log(f"dropped {dropped} rows of {name} whose prompt reaches max_length {limit}")
-        return kept
+        """Rows of the stage's training sources (or `sources`), converted to `target`."""
+        return self.data.rows(target, sources)
 
     def datasets(self, target: str):
         """(train, eval or None) as `datasets.Dataset`, eval from sources or a seeded split."""
@@ -159,41 +130,27 @@ class StageContext:
         return self.load_tokenizer_of(upstream) if upstream else self._tokenizer(self.base_model)
 
     def load_tokenizer_of(self, artifact: Artifact):
-        return self._tokenizer(artifact.path / (artifact.manifest.tokenizer or "model"))
+        return self._tokenizer(artifact.tokenizer_path())
 
     def _tokenizer(self, ref):
-        from align.modeling import load_tokenizer
-
         return load_tokenizer(ref, self.recipe.model.trust_remote_code)
 
-    def load_start_model(self, task: str = "causal-lm", quantized: bool = False):
-        """The upstream model exactly (adapters merged); 4-bit when the method is qlora."""
-        from align.modeling import (load_artifact_model, load_full, quantization_config,
-                                    torch_dtype)
-
-        model_spec = self.recipe.model
-        common = dict(task=task, trust_remote_code=model_spec.trust_remote_code)
-        if model_spec.attn_implementation:
-            common["attn_implementation"] = model_spec.attn_implementation
-        dtype = torch_dtype(model_spec.dtype)
-        upstream = self.model_input()
-        if not quantized:
-            if upstream is None:
-                return load_full(self.base_model, dtype=dtype, revision=model_spec.revision, **common)
-            return load_artifact_model(upstream, dtype=dtype, **common)
-        # QLoRA quantises from full weights on disk: an adapter upstream is merged first.
-        source = self.base_model
-        if upstream is not None:
-            if upstream.manifest.model.type == "full":
-                source = str(upstream.model_path())
-            else:
-                merged = self.dirs.partial / "base"
-                if not (merged / "config.json").exists() and self.is_main:
-                    load_artifact_model(upstream, dtype=dtype, **common).save_pretrained(merged)
-                self.state.wait_for_everyone()
-                source = str(merged)
-        q = quantization_config(self.stage.method)
-        return load_full(source, dtype=q.bnb_4bit_compute_dtype, quantization=q, **common)
+    def load_start_model(self, task: str = "causal-lm", quantized: bool = False,
+                         start: Artifact | None = None, merged_as: str = "base"):
+        """The upstream model (or `start`, e.g. the RM for a value model) exactly, adapters
+        merged; the recipe's base model when there is none. 4-bit when `quantized`: an adapter
+        upstream is merged once into `<partial>/<merged_as>` first."""
+        spec = self.recipe.model
+        kwargs = dict(task=task, dtype=torch_dtype(spec.dtype),
+                      trust_remote_code=spec.trust_remote_code)
+        if spec.attn_implementation:
+            kwargs["attn_implementation"] = spec.attn_implementation
+        start = start or self.model_input()
+        if start is None:
+            start, kwargs["revision"] = self.base_model, spec.revision
+        return load_start_model(start, method=self.stage.method if quantized else None,
+                                merged_dir=self.dirs.partial / merged_as, is_main=self.is_main,
+                                wait=self.state.wait_for_everyone, **kwargs)
 
     def adapter_base(self) -> str:
         """The `base` an adapter produced by this stage is applied to."""
@@ -227,9 +184,8 @@ class StageContext:
         return config_cls(output_dir=str(self.dirs.checkpoints), **args)
 
     def callbacks(self) -> list:
+        # transformers on use: importing it costs seconds, and the CLI imports stage contexts.
         from transformers import EarlyStoppingCallback
-
-        from align.stages.callbacks import NonFiniteLossCallback
 
         out = [NonFiniteLossCallback()]
         if self.stage.early_stopping_patience:
@@ -250,8 +206,6 @@ class StageContext:
         every rank (a collective: every rank must call it). Sharded profiles (ZeRO-3, FSDP) hold
         different shards on each rank, so `replicas_identical` is None there.
         """
-        import hashlib
-
         from accelerate.utils import gather_object
 
         digest = hashlib.sha256()
@@ -300,8 +254,6 @@ class StageContext:
 
         `history` is the Trainer's log history; it is kept as `history.jsonl` so the run report
         can draw the stage's training curves after the checkpoints are gone."""
-        from align.artifacts import read_manifest
-
         self.state.wait_for_everyone()
         if self.is_main:
             metrics = dict(metrics or {})
@@ -323,58 +275,30 @@ class StageContext:
         return Artifact(self.dirs.final, manifest) if manifest else None
 
 
+    def describe_training(self, model, train, evaluation=None, unit: str = "rows") -> dict:
+        """Log what trains on what; the counts every model stage records."""
+        trainable, total = count_trainable(model)
+        self.log(f"{self.stage.method.type}: {trainable:,} of {total:,} parameters train; "
+                 f"{len(train)} train {unit}" + (f", {len(evaluation)} eval {unit}" if evaluation else ""))
+        return {"trainable_parameters": trainable, "total_parameters": total,
+                "train_rows": len(train)}
+
+    def finish_model(self, trainer, tokenizer, metrics: dict, *, task: str = "causal-lm",
+                     files: dict[str, str] | None = None) -> Artifact | None:
+        """The end of every Trainer stage: save the model (a collective under ZeRO-3 / FSDP),
+        check the replicas agree, record the model's lineage and write the manifest."""
+        self.save_trainer_model(trainer, tokenizer)
+        metrics = {**metrics, **self.replica_check(trainer.model, **self.trainer_decisions(trainer))}
+        return self.finish(model=self.model_ref(task), tokenizer="model", files=files,
+                           metrics=metrics, history=trainer.state.log_history)
+
+    def model_ref(self, task: str = "causal-lm") -> ModelRef:
+        """What this stage's `model/` holds: full weights, or an adapter on its start model."""
+        method = self.stage.method.type
+        adapter = method not in ("full", "freeze")
+        return ModelRef(type="adapter" if adapter else "full", path="model",
+                        base=self.adapter_base() if adapter else None, root=self.root_model(),
+                        method=method, task=task)
+
+
 HISTORY_FILE = "history.jsonl"
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def process_state():
-    """accelerate's process state; on a machine without GPUs, several processes use gloo.
-
-    The first call fixes the state for the process, so it must come before any Trainer builds
-    its own (which would otherwise see `accelerate launch --multi_gpu` without CUDA as one
-    process).
-    """
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def is_sharded(state) -> bool:
-    """Whether ranks hold different parts of the parameters (ZeRO-3, FSDP)."""
-    kind = str(getattr(state, "distributed_type", "NO")).rsplit(".", 1)[-1]
-    if kind == "FSDP":
-        return True
-    # `accelerate launch` exports the ZeRO stage of a DeepSpeed profile.
-    return kind == "DEEPSPEED" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-
-
-def world_dir(recipe: Recipe) -> Path:
-    return recipe.output_dir() / "world"
-
-
-# Trainer args that change what is shown or how often it is saved, not what is trained: changing
-# them must not make a finished stage stale.
-PRESENTATION_ARGS = ("disable_tqdm", "logging_steps", "logging_first_step", "report_to",
-                     "log_level", "run_name", "save_steps", "save_total_limit", "log_samples")
-
-
-def stage_config(recipe: Recipe, name: str) -> dict:
-    """The resolved stage block plus the recipe defaults it depends on (hashed and recorded)."""
-    stage = recipe.stages[name].model_dump(mode="json", by_alias=True)
-    stage["args"] = {k: v for k, v in stage["args"].items() if k not in PRESENTATION_ARGS}
-    stage.pop("push_to_hub", None)
-    uses_world = recipe.model.name_or_path == "tiny" or any(
-        src.get("world") for part in ("train", "eval")
-        for src in ((stage.get("data") or {}).get(part) or []))
-    return {
-        "stage": stage,
-        "seed": recipe.seed,
-        "model": recipe.model.model_dump(mode="json"),
-        "world": recipe.world if uses_world else None,
-    }

@@ -6,20 +6,19 @@ read a file with `data: {stage: <this stage>, file: preference}`.
 
 from __future__ import annotations
 
+from align.honesty.builder import (ProbeConfig, build_outputs, config_dict, probe, probe_stats,
+                                   write_outputs)
+from align.honesty.judge import Judge
+from align.kinds import get_kind
+from align.modeling import load_artifact_model
 from align.stages.context import StageContext
-from align.stages.evaluate import evaluation_rows
 
 
 def run(ctx: StageContext):
-    from align.honesty.builder import (ProbeConfig, build_outputs, config_dict, probe,
-                                       probe_stats, write_outputs)
-    from align.honesty.judge import Judge
-    from align.modeling import load_artifact_model
-
     config = ProbeConfig.from_options({"seed": ctx.recipe.seed, **ctx.stage.options},
                                       f"stages.{ctx.name}.options")
     judge = Judge.from_config({**config.judge, "idk_responses": config.idk_responses})
-    rows = evaluation_rows(ctx, default="qa_train", need_known=False)
+    rows = ctx.rows(get_kind(ctx.stage.kind).data)
     upstream = ctx.model_input()
     model = load_artifact_model(upstream, trust_remote_code=ctx.recipe.model.trust_remote_code)
     tokenizer = ctx.load_tokenizer_of(upstream)

@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import math
 
-from align.artifacts import ModelRef
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import get_peft_model, prepare_model_for_kbit_training
+from transformers.utils import logging as hf_logging
+
 from align.errors import AlignError
+from align.kinds import get_kind
+from align.modeling import freeze_bottom_layers, peft_config, torch_dtype
+from align.ppo.config import PPOConfig
+from align.ppo.rewards import RewardModelSource, build_reward, classifier_parts, import_callable
+from align.ppo.trainer import PPOTrainer
+from align.profiles import check_stage, running_class
 from align.stages.context import StageContext
 
 STATS_FILE = "stats.jsonl"
@@ -20,18 +30,9 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 def run(ctx: StageContext):
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from align.modeling import count_trainable
-    from align.ppo.config import PPOConfig
-    from align.ppo.rewards import RewardModelSource, build_reward, import_callable
-    from align.ppo.trainer import PPOTrainer
-    from align.profiles import check_stage, running_class
-
     # `align validate` refuses such a profile already; this covers `accelerate launch` by hand.
     profile_class = running_class()
-    check_stage(ctx.name, "ppo", profile_class, profile_class)
+    check_stage(ctx.name, get_kind(ctx.stage.kind), profile_class, profile_class)
     where = f"stages.{ctx.name}.args"
     config = PPOConfig.from_args(ctx.stage.args, where, ctx.recipe.source)
     for i, item in enumerate(config.rewards):  # before any model loads: a typo should fail fast
@@ -55,7 +56,9 @@ def run(ctx: StageContext):
                          "reward and value_model: policy.")
 
     tokenizer = ctx.load_tokenizer()
-    prompts = prompt_rows(ctx)
+    prompts = ctx.rows("prompt_only")
+    if not prompts:
+        raise AlignError(f"stage '{ctx.name}' has no prompts.")
     policy, reference = load_policy(ctx)
     value_model = load_value_model(ctx, value_start, rm_artifact)
 
@@ -63,7 +66,7 @@ def run(ctx: StageContext):
     if config.uses_rm:
         rm_source = RewardModelSource.from_artifact(
             rm_artifact, policy_tokenizer=tokenizer, device=accelerator.device,
-            dtype=_dtype(ctx), normalize=config.score_normalization == "rm_stats",
+            dtype=torch_dtype(ctx.recipe.model.dtype), normalize=config.score_normalization == "rm_stats",
             batch_size=config.rollout_forward_batch_size,
             trust_remote_code=ctx.recipe.model.trust_remote_code)
     reward = build_reward(config, rm_source=rm_source)
@@ -71,9 +74,8 @@ def run(ctx: StageContext):
     trainer = PPOTrainer(config, policy=policy, value_model=value_model, tokenizer=tokenizer, reward=reward,
                          prompts=prompts, ref_policy=reference, output_dir=ctx.dirs.partial,
                          accelerator=accelerator, seed=seed, log_prefix=f"[{ctx.name}] ")
-    trainable, total = count_trainable(trainer.unwrapped.policy)
-    ctx.log(f"{ctx.stage.method.type}: {trainable:,} of {total:,} policy parameters train; value model from "
-            f"{value_start}; {len(prompts)} prompts, {trainer.total_steps} steps of "
+    counts = ctx.describe_training(trainer.unwrapped.policy, prompts, unit="prompts")
+    ctx.log(f"value model from {value_start}; {trainer.total_steps} steps of "
             f"{trainer.episodes_per_step} episodes; rewards: "
             + ", ".join(f"{r['source']} x{r.get('weight', 1.0)}" for r in config.rewards))
     history = trainer.train(resume_from=ctx.resume_checkpoint())
@@ -82,9 +84,7 @@ def run(ctx: StageContext):
     if ctx.is_main:
         trainer.unwrapped.policy.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
-    metrics = summarise(history)
-    metrics.update(trainable_parameters=trainable, total_parameters=total, prompts=len(prompts),
-                   value_model=value_start)
+    metrics = {**summarise(history), **counts, "prompts": len(prompts), "value_model": value_start}
     # Every rank must have shaped rewards alike: the running score moments, the KL coefficient
     # and the logged statistics are reduced over all ranks, so they must agree exactly.
     metrics.update(ctx.replica_check(trainer.unwrapped, step=trainer.step, kl_coef=trainer.kl_ctl.value,
@@ -92,11 +92,7 @@ def run(ctx: StageContext):
                                      scores=[row["score_raw"] for row in history]))
     ctx.log("score by quarter: " + " -> ".join(_fmt(s) for s in metrics["score_by_quarter"])
             + f" | kl last {_fmt(metrics['kl_last'], 4)} | eos rate last {_fmt(metrics['eos_rate_last'], 2)}")
-    method = ctx.stage.method.type
-    adapter = method in ("lora", "qlora")
-    ref = ModelRef(type="adapter" if adapter else "full", path="model",
-                   base=ctx.adapter_base() if adapter else None, root=ctx.root_model(), method=method)
-    return ctx.finish(model=ref, tokenizer="model", metrics=metrics,
+    return ctx.finish(model=ctx.model_ref(), tokenizer="model", metrics=metrics,
                       files={"stats": STATS_FILE, "samples": SAMPLES_FILE})
 
 
@@ -104,56 +100,11 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-# -- data -----------------------------------------------------------------------------------------
-
-
-def prompt_rows(ctx: StageContext) -> list[dict]:
-    """Prompts (as messages) with every other column of their source row kept alongside, so a
-    verifiable reward can see e.g. the gold answers. Rows convert one to one for prompt_only,
-    so the dropped row numbers are enough to line converted and original rows up."""
-    from align.data.formats import convert_rows
-    from align.data.sources import load_rows, mix
-
-    spec = ctx.stage.data
-    parts = []
-    for (name, rows), src in zip(load_rows(spec.train, ctx.read_source, ctx.recipe.seed), spec.train):
-        result = convert_rows(rows, source=name, target="prompt_only", fmt=src.format,
-                              label_column=src.label_column, on_error=spec.on_error)
-        dropped = {problem.row for problem in result.dropped}
-        if dropped:
-            ctx.dropped_rows[name] = len(dropped)
-            ctx.log(f"dropped {len(dropped)} malformed rows of {name} (first: {result.dropped[0]})")
-        kept = [row for number, row in enumerate(rows, start=1) if number not in dropped]
-        if len(kept) != len(result.rows):  # a format that is not one-to-one: no columns to keep
-            parts.append(result.rows)
-            continue
-        parts.append([{**{k: v for k, v in original.items() if k != "prompt"}, "prompt": converted["prompt"]}
-                      for converted, original in zip(result.rows, kept)])
-    rows = mix(parts, ctx.recipe.seed)
-    if not rows:
-        raise AlignError(f"stage '{ctx.name}' has no prompts.")
-    columns = set(rows[0])
-    if any(set(r) != columns for r in rows):  # mixed sources: only the columns all rows share
-        shared = set.intersection(*(set(r) for r in rows))
-        rows = [{k: r[k] for k in shared} for r in rows]
-    return rows
-
-
 # -- models ----------------------------------------------------------------------------------------
-
-
-def _dtype(ctx: StageContext):
-    from align.modeling import torch_dtype
-
-    return torch_dtype(ctx.recipe.model.dtype)
 
 
 def load_policy(ctx: StageContext):
     """(policy, reference): a reference copy for full/freeze; None (adapter disabled) for LoRA."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from align.modeling import freeze_bottom_layers, peft_config
-
     method = ctx.stage.method
     quantized = method.type == "qlora"
     policy = ctx.load_start_model(quantized=quantized)
@@ -170,19 +121,10 @@ def load_policy(ctx: StageContext):
 def load_value_model(ctx: StageContext, start: str, rm_artifact):
     """A scalar-head model from the RM (its head included) or from the SFT weights (a new head,
     zeroed so the first values are 0 instead of noise); LoRA-tuned when the policy is."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from align.modeling import (load_artifact_model, load_full, peft_config,
-                                quantization_config)
-    from align.ppo.rewards import classifier_parts
-
     method = ctx.stage.method
     quantized = method.type == "qlora"
     task = "sequence-classification"
-    common = dict(task=task, trust_remote_code=ctx.recipe.model.trust_remote_code)
     if start == "policy":
-        from transformers.utils import logging as hf_logging
-
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "score.weight newly initialised" is the point here
         try:
@@ -193,17 +135,9 @@ def load_value_model(ctx: StageContext, start: str, rm_artifact):
         head.weight.data.zero_()
         if getattr(head, "bias", None) is not None:
             head.bias.data.zero_()
-    elif quantized:
-        source = rm_artifact.model_path()
-        if rm_artifact.manifest.model.type != "full":
-            source = ctx.dirs.partial / "value_base"
-            if not (source / "config.json").exists() and ctx.is_main:
-                load_artifact_model(rm_artifact, dtype=_dtype(ctx), **common).save_pretrained(source)
-            ctx.state.wait_for_everyone()
-        q = quantization_config(method)
-        model = load_full(source, dtype=q.bnb_4bit_compute_dtype, quantization=q, **common)
     else:
-        model = load_artifact_model(rm_artifact, dtype=_dtype(ctx), **common)
+        model = ctx.load_start_model(task=task, quantized=quantized, start=rm_artifact,
+                                     merged_as="value_base")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = ctx.load_tokenizer().pad_token_id
     if method.type in ("lora", "qlora"):

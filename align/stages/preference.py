@@ -20,19 +20,19 @@ rejected log-prob margin on held-out pairs is measured on the policy (`heldout_m
 
 from __future__ import annotations
 
-import os
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from align.artifacts import ModelRef
-from align.errors import AlignError
-from align.stages.context import StageContext
-from align.stages.summary import loss_summary
+import torch
 
-# What each kind trains on (a formats.TARGETS), and whether it has a reference model.
-TARGETS = {"dpo": "preference", "kto": "unpaired", "orpo": "preference"}
-WITH_REFERENCE = ("dpo", "kto")
+from align.distributed import full_parameters
+from align.errors import AlignError
+from align.kinds import get_kind
+from align.modeling import freeze_bottom_layers, peft_config
+from align.stages.context import StageContext
+from align.stages.rm import pad_right
+from align.stages.summary import loss_summary
 
 
 @dataclass
@@ -47,20 +47,15 @@ class Setup:
 
 
 def run(ctx: StageContext):
-    from align.modeling import count_trainable
-
-    method = ctx.stage.method
     setup = build_trainer(ctx)
     trainer = setup.trainer
-    trainable, total = count_trainable(trainer.model)
-    ctx.log(f"{method.type}: {trainable:,} of {total:,} parameters train; {len(setup.train)} "
-            "train rows" + (f", {len(setup.evaluation)} eval rows" if setup.evaluation else ""))
+    counts = ctx.describe_training(trainer.model, setup.train, setup.evaluation)
 
     before = heldout_margin(trainer.model, setup.tokenizer, setup.heldout)
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     after = heldout_margin(trainer.model, setup.tokenizer, setup.heldout)
 
-    metrics = loss_summary(trainer.state.log_history)
+    metrics = {**loss_summary(trainer.state.log_history), **counts}
     if setup.heldout:
         metrics.update(heldout_margin_sft=before["margin"], heldout_margin=after["margin"],
                        heldout_accuracy_sft=before["accuracy"], heldout_accuracy=after["accuracy"],
@@ -71,29 +66,16 @@ def run(ctx: StageContext):
     else:
         ctx.log("no held-out pairs (paired data.eval, or data.eval_fraction for dpo/orpo): the "
                 "margin is not measured")
-    metrics.update(trainable_parameters=trainable, total_parameters=total,
-                   train_rows=len(setup.train))
-
-    metrics.update(ctx.replica_check(trainer.model, **ctx.trainer_decisions(trainer)))
-    ctx.save_trainer_model(trainer, setup.tokenizer)
-    adapter = method.type in ("lora", "qlora")
-    ref = ModelRef(type="adapter" if adapter else "full", path="model",
-                   base=ctx.adapter_base() if adapter else None, root=ctx.root_model(),
-                   method=method.type)
-    return ctx.finish(model=ref, tokenizer="model", metrics=metrics,
-                      history=trainer.state.log_history)
+    return ctx.finish_model(trainer, setup.tokenizer, metrics)
 
 
 def build_trainer(ctx: StageContext) -> Setup:
     """Everything up to `train()`; tests use it to inspect the reference model the stage uses."""
-    from align.modeling import freeze_bottom_layers, peft_config
-    from align.recipe import config_class
-
-    kind, method = ctx.stage.kind, ctx.stage.method
+    kind, method = get_kind(ctx.stage.kind), ctx.stage.method
     tokenizer = ctx.load_tokenizer()
-    train, evaluation = ctx.datasets(TARGETS[kind])
+    train, evaluation = ctx.datasets(kind.data)
     # Mixed precision follows the recipe's dtype, so a float32 reference is scored in float32.
-    args = ctx.training_args(config_class(kind), has_eval=evaluation is not None,
+    args = ctx.training_args(kind.config_class(), has_eval=evaluation is not None,
                              bf16=ctx.recipe.model.dtype == "bfloat16")
 
     model = ctx.load_start_model(quantized=method.type == "qlora")
@@ -101,24 +83,12 @@ def build_trainer(ctx: StageContext) -> Setup:
         freeze_bottom_layers(model, method.trainable_layers)
     peft = peft_config(method)
     extra = {}
-    if kind in WITH_REFERENCE and peft is None:
+    if kind.reference and peft is None:
         extra["ref_model"] = ctx.load_start_model()
-    trainer = trainer_class(kind)(model=model, args=args, train_dataset=train,
-                                  eval_dataset=evaluation, processing_class=tokenizer,
-                                  peft_config=peft, callbacks=ctx.callbacks(), **extra)
+    trainer = kind.trainer_class()(model=model, args=args, train_dataset=train,
+                                   eval_dataset=evaluation, processing_class=tokenizer,
+                                   peft_config=peft, callbacks=ctx.callbacks(), **extra)
     return Setup(trainer, tokenizer, train, evaluation, heldout_pairs(ctx, evaluation))
-
-
-def trainer_class(kind: str):
-    if kind == "dpo":
-        from trl import DPOTrainer
-        return DPOTrainer
-    if kind == "kto":
-        from trl import KTOTrainer
-        return KTOTrainer
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl.experimental.orpo import ORPOTrainer
-    return ORPOTrainer
 
 
 def heldout_pairs(ctx: StageContext, evaluation) -> list[dict] | None:
@@ -130,7 +100,7 @@ def heldout_pairs(ctx: StageContext, evaluation) -> list[dict] | None:
             return ctx.rows("preference", spec.eval)
         except AlignError:
             return None
-    if TARGETS[ctx.stage.kind] == "preference" and evaluation is not None:
+    if get_kind(ctx.stage.kind).data == "preference" and evaluation is not None:
         return evaluation.to_list()
     return None
 
@@ -139,8 +109,6 @@ def heldout_pairs(ctx: StageContext, evaluation) -> list[dict] | None:
 
 def heldout_margin(model, tokenizer, pairs: list[dict] | None) -> dict:
     """Mean log p(chosen) - log p(rejected) over the pairs, and the share where chosen wins."""
-    from align.distributed import full_parameters
-
     if not pairs:
         return {}
     prompts = [p["prompt"] for p in pairs]
@@ -155,10 +123,6 @@ def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: l
                      batch_size: int = 32) -> list[float]:
     """Summed log-probability of each completion after its prompt, tokenised as TRL's DPO does
     (the completion starts where prompt-with-generation-prompt and the whole dialogue diverge)."""
-    import torch
-
-    from align.stages.rm import pad_right
-
     sequences = []
     for prompt, completion in zip(prompts, completions):
         head = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True,
@@ -188,8 +152,6 @@ def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: l
 
 def sequence_logps(logits, input_ids, completion_mask):
     """Sum over the masked positions of log p(token | everything before it)."""
-    import torch
-
     logps = torch.log_softmax(logits[:, :-1], dim=-1)
     token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (token_logps * completion_mask[:, 1:]).sum(dim=-1)

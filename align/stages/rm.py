@@ -13,39 +13,39 @@ its adapter onto unquantised weights, so its scores differ by the quantisation e
 
 from __future__ import annotations
 
-import json
 import statistics
 
-from align.artifacts import ModelRef
+import torch
+from transformers import set_seed
+
+from align.jsonl import write_jsonl
+from align.kinds import get_kind
+from align.modeling import freeze_bottom_layers, peft_config, torch_dtype
 from align.stages.context import StageContext
 from align.stages.summary import loss_summary
 
-TASK = "sequence-classification"
+SCORES_FILE = "scores.jsonl"
 
 
 def run(ctx: StageContext):
-    from transformers import set_seed
-    from trl import RewardConfig, RewardTrainer
-
-    from align.modeling import count_trainable, freeze_bottom_layers, peft_config, torch_dtype
-
-    method = ctx.stage.method
+    kind, method = get_kind(ctx.stage.kind), ctx.stage.method
     tokenizer = ctx.load_tokenizer()
-    train, evaluation = ctx.datasets("preference")
+    train, evaluation = ctx.datasets(kind.data)
     # Mixed precision follows the recipe's dtype: float32 weights are scored in float32.
-    args = ctx.training_args(RewardConfig, has_eval=evaluation is not None,
+    args = ctx.training_args(kind.config_class(), has_eval=evaluation is not None,
                              bf16=ctx.recipe.model.dtype == "bfloat16")
 
     # The new score head is drawn at random when the model loads: seed it, or reruns differ.
     set_seed(ctx.recipe.seed)
-    model = ctx.load_start_model(task=TASK, quantized=method.type == "qlora")
+    model = ctx.load_start_model(task=kind.task, quantized=method.type == "qlora")
     # The head reads the last non-pad token, so the model must know the pad id.
     model.config.pad_token_id = tokenizer.pad_token_id
     if method.type == "freeze":
         freeze_bottom_layers(model, method.trainable_layers)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                            processing_class=tokenizer, peft_config=peft_config(method, task=TASK),
-                            callbacks=ctx.callbacks())
+    trainer = kind.trainer_class()(model=model, args=args, train_dataset=train,
+                                   eval_dataset=evaluation, processing_class=tokenizer,
+                                   peft_config=peft_config(method, task=kind.task),
+                                   callbacks=ctx.callbacks())
     if method.type == "qlora":
         # TRL casts every trainable parameter of a 4-bit model to bf16; LoRA layers cast their
         # input to match, the new score head (a plain Linear) does not: keep it in compute dtype.
@@ -53,9 +53,7 @@ def run(ctx: StageContext):
         for name, param in trainer.model.named_parameters():
             if param.requires_grad and "lora_" not in name:
                 param.data = param.data.to(compute)
-    trainable, total = count_trainable(trainer.model)
-    ctx.log(f"{method.type}: {trainable:,} of {total:,} parameters train; {len(train)} train pairs"
-            + (f", {len(evaluation)} eval pairs" if evaluation else ""))
+    counts = ctx.describe_training(trainer.model, train, evaluation, unit="pairs")
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
 
     heldout = evaluation if evaluation is not None else train
@@ -66,28 +64,18 @@ def run(ctx: StageContext):
                                  [r["prompt"] + r["chosen"] for r in heldout])
     rejected = score_conversations(trainer.model, tokenizer,
                                    [r["prompt"] + r["rejected"] for r in heldout])
-    metrics = loss_summary(trainer.state.log_history)
-    metrics.update(score_statistics(chosen, rejected))
-    metrics.update(scored_on="eval" if evaluation is not None else "train",
-                   trainable_parameters=trainable, total_parameters=total, train_rows=len(train))
+    metrics = {**loss_summary(trainer.state.log_history), **score_statistics(chosen, rejected),
+               "scored_on": "eval" if evaluation is not None else "train", **counts}
     ctx.log(f"held-out accuracy {metrics['accuracy']:.3f}, margin {metrics['margin']:.3f}, "
             f"scores {metrics['score_mean']:.3f} ± {metrics['score_std']:.3f}")
-
-    metrics.update(ctx.replica_check(trainer.model, **ctx.trainer_decisions(trainer)))
-    ctx.save_trainer_model(trainer, tokenizer)
-    files = {"scores": "scores.jsonl"}
     if ctx.is_main:
-        with (ctx.dirs.partial / files["scores"]).open("w") as f:
-            for row, c, r in zip(heldout, chosen, rejected):
-                f.write(json.dumps({"prompt": row["prompt"], "chosen": row["chosen"],
-                                    "rejected": row["rejected"], "score_chosen": c,
-                                    "score_rejected": r}) + "\n")
-    adapter = method.type in ("lora", "qlora")
-    ref = ModelRef(type="adapter" if adapter else "full", path="model",
-                   base=ctx.adapter_base() if adapter else None, root=ctx.root_model(),
-                   method=method.type, task=TASK)
-    return ctx.finish(model=ref, tokenizer="model", files=files, metrics=metrics,
-                      history=trainer.state.log_history)
+        ctx.dirs.partial.mkdir(parents=True, exist_ok=True)
+        write_jsonl(ctx.dirs.partial / SCORES_FILE, (
+            {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
+             "score_chosen": c, "score_rejected": r}
+            for row, c, r in zip(heldout, chosen, rejected)))
+    return ctx.finish_model(trainer, tokenizer, metrics, task=kind.task,
+                            files={"scores": SCORES_FILE})
 
 
 def score_statistics(chosen: list[float], rejected: list[float]) -> dict:
@@ -106,8 +94,6 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]],
                         batch_size: int = 32) -> list[float]:
     """The reward of each conversation as the chat template renders it (the head's last-token
     output), the same text the RewardTrainer trained on."""
-    import torch
-
     was_training = model.training
     model.eval()
     scores: list[float] = []
@@ -124,8 +110,6 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]],
 
 
 def pad_right(sequences: list[list[int]], pad_id: int):
-    import torch
-
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)

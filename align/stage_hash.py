@@ -1,0 +1,72 @@
+"""A stage's identity: the resolved config it is hashed by, and the data files it reads.
+
+A finished stage is skipped while its hash matches; anything that can change the trained model
+must therefore be in it, and nothing that cannot (how often it logs) may be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from align.artifacts import config_hash, file_fingerprint
+from align.kinds import get_kind
+from align.recipe import Recipe, Stage
+from align.stage_data import world_dir
+
+# Trainer args that change what is shown or how often it is saved, not what is trained: changing
+# them must not make a finished stage stale. (save_steps also sets eval_steps when a stage
+# evaluates without its own eval_steps, and then it counts: see `presentation_args`.)
+PRESENTATION_ARGS = ("disable_tqdm", "logging_steps", "logging_first_step", "report_to",
+                     "log_level", "run_name", "save_steps", "save_total_limit", "log_samples")
+
+
+def reads_world(recipe: Recipe, stage: Stage) -> bool:
+    """Whether the stage depends on the embedded world: a tiny base model is built from it, a
+    `world:` source reads it, and a stage without data reads its kind's default world split."""
+    if recipe.model.name_or_path == "tiny":
+        return True
+    if stage.data is None:
+        return get_kind(stage.kind).default_world is not None
+    return any(src.world for src in [*stage.data.train, *stage.data.eval])
+
+
+def presentation_args(stage: Stage) -> tuple[str, ...]:
+    evaluates = stage.data is not None and (stage.data.eval or stage.data.eval_fraction > 0)
+    if evaluates and "eval_steps" not in stage.args:
+        return tuple(a for a in PRESENTATION_ARGS if a != "save_steps")
+    return PRESENTATION_ARGS
+
+
+def stage_config(recipe: Recipe, name: str) -> dict:
+    """The resolved stage block plus the recipe defaults it depends on (hashed and recorded)."""
+    stage = recipe.stages[name]
+    block = stage.model_dump(mode="json", by_alias=True)
+    shown = presentation_args(stage)
+    block["args"] = {k: v for k, v in block["args"].items() if k not in shown}
+    block.pop("push_to_hub", None)
+    return {
+        "stage": block,
+        "seed": recipe.seed,
+        "model": recipe.model.model_dump(mode="json"),
+        "world": recipe.world if reads_world(recipe, stage) else None,
+    }
+
+
+def data_files(recipe: Recipe, name: str) -> list[Path]:
+    """The local files the stage reads (their content is part of its hash)."""
+    stage = recipe.stages[name]
+    if stage.data is None:
+        default = get_kind(stage.kind).default_world
+        return [world_dir(recipe) / f"{default}.jsonl"] if default else []
+    files = []
+    for src in [*stage.data.train, *stage.data.eval]:
+        if src.path:
+            files.append(recipe.resolve_path(src.path))
+        elif src.world:
+            files.append(world_dir(recipe) / f"{src.world}.jsonl")
+    return files
+
+
+def stage_hash(recipe: Recipe, name: str, input_hashes: dict[str, str]) -> str:
+    return config_hash(stage_config(recipe, name), input_hashes,
+                       file_fingerprint(data_files(recipe, name)))
