@@ -41,6 +41,9 @@ class StageKind:
     profile_reason: str = ""                # why the others are refused
     reference: bool = False                 # measured against a reference model (the upstream)
     offers: tuple[str, ...] = ()            # files of its artifact later stages may read
+    # "module:function(options, where, source)" checking the stage's `options` when the recipe
+    # is validated (None: the stage reads its options itself, at run time).
+    options: str | None = None
 
     @property
     def needs_data(self) -> bool:
@@ -64,6 +67,10 @@ class StageKind:
         if self.trainer.startswith("trl.experimental"):
             os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         return import_object(self.trainer, f"trainer of stage kind '{self.name}'")
+
+    def check_options(self, options: dict, where: str, source: str = "") -> None:
+        if self.options is not None:
+            import_object(self.options, f"options check of stage kind '{self.name}'")(options, where, source)
 
     def run_function(self) -> Callable[[Any], Any]:
         if callable(self.run):
@@ -120,6 +127,15 @@ register(StageKind(
     profile_reason="align's PPO generates rollouts from the unwrapped policy and keeps its own "
                    "reference and value models and optimizer, which DeepSpeed and FSDP would "
                    "shard or replace"))
+# GRPO and RLOO: TRL's trainers, align's reward sources (`options.rewards`), start model and reference.
+register(StageKind(
+    name="grpo", run="align.stages.rl:run", card="group relative policy optimisation (GRPO)",
+    data="prompt_only", config="trl:GRPOConfig", trainer="trl:GRPOTrainer", reference=True,
+    options="align.rewards.spec:check_rl_options"))
+register(StageKind(
+    name="rloo", run="align.stages.rl:run", card="REINFORCE leave-one-out (RLOO)",
+    data="prompt_only", config="trl:RLOOConfig", trainer="trl:RLOOTrainer", reference=True,
+    options="align.rewards.spec:check_rl_options"))
 register(StageKind(
     name="dpo", run="align.stages.preference:run", card="direct preference optimisation (DPO)",
     data="preference", config="trl:DPOConfig", trainer="trl:DPOTrainer", needs_from=True,

@@ -497,6 +497,10 @@ def _type_name(annotation) -> str:
 
 
 def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
+    try:  # a kind that declares an options check (grpo / rloo: their reward sources)
+        get_kind(stage.kind).check_options(stage.options, f"stages.{name}.options", recipe.source)
+    except AlignError as exc:
+        raise RecipeError(str(exc)) from None
     cls = config_class(stage.kind)
     if cls is None:
         if stage.args:

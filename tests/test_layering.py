@@ -16,7 +16,7 @@ LAYERS = [
     ("errors", "importing", "jsonl"),
     ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core"),
     ("kinds", "tiny", "generation"),
-    ("recipe", "modeling", "lineage", "stage_data", "stage_hash", "honesty", "ppo"),
+    ("recipe", "modeling", "lineage", "stage_data", "stage_hash", "honesty", "ppo", "rewards"),
     ("stages", "hub", "report"),
     ("runner", "validate"),
     ("cli", "__main__"),

@@ -16,15 +16,14 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from align.errors import AlignError
+from align.rewards.spec import parse_rewards
 
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 # How the field names are prefixed in messages: (where, source). `from_args` sets it to the
 # recipe's place for the duration of the constructor call; a config built in Python names
@@ -109,7 +108,8 @@ class PPOConfig:
         default=True, metadata={"help": "Normalise advantages to mean 0, variance 1 per rollout."})
     # -- rewards ------------------------------------------------------------------------------------
     rewards: list[dict] = field(default_factory=_default_rewards, metadata={
-        "help": "Reward sources summed into the score: each {source: rm | module:function, weight}."})
+        "help": "Reward sources summed into the score: each {source: rm | honesty | module:function, "
+                "weight, args}."})
     score_normalization: Literal["none", "running", "rm_stats"] = field(
         default="none",
         metadata={"help": "Score normalisation: none, running moments, or the RM artifact's statistics."})
@@ -208,20 +208,8 @@ class PPOConfig:
     def _check_rewards(self, fail, prefix: str, where: str) -> None:
         if not self.rewards:
             fail("rewards", "needs at least one source")
-        for i, item in enumerate(self.rewards):
-            here = f"{prefix}'{where}.rewards.{i}'"
-            if not isinstance(item, dict) or "source" not in item:
-                raise AlignError(f"{here} must be a mapping with `source` (\"rm\" or "
-                                 f"\"module:function\") and optional `weight`; got {item!r}.")
-            extra = set(item) - {"source", "weight"}
-            if extra:
-                raise AlignError(f"{here} has unknown key(s) {sorted(extra)}; only source and weight.")
-            source, weight = item["source"], item.get("weight", 1.0)
-            if not isinstance(source, str) or not (source == "rm" or _CALLABLE.match(source)):
-                raise AlignError(f"{here}.source must be \"rm\" (the reward model input) or "
-                                 f"\"module:function\" (e.g. my_rewards:exact_match); got {source!r}.")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise AlignError(f"{here}.weight must be a finite number; got {weight!r}.")
+        # The same entries (and messages) as every RL stage's `rewards` (align.rewards.spec).
+        parse_rewards(self.rewards, f"{where}.rewards", prefix.removesuffix(": "))
         if self.score_normalization == "rm_stats" and not self.uses_rm:
             fail("score_normalization", "is rm_stats, which needs a reward source `rm`")
 

@@ -447,6 +447,7 @@ class PPOTrainer:
         }
         for name, part in r.scores.parts.items():
             values = acc.gather(part.to(self.device, torch.float32))
+            stats[f"non_finite/{name}"] = int(values.numel() - torch.isfinite(values).sum())
             values = values[torch.isfinite(values)]
             stats[f"reward/{name}"] = _mean(values)
         names = {"policy_loss": "policy_loss", "clipfrac": "policy_clipfrac", "approx_kl": "approx_kl",

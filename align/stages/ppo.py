@@ -20,7 +20,8 @@ from align.errors import AlignError
 from align.kinds import get_kind
 from align.modeling import freeze_bottom_layers, peft_config, torch_dtype
 from align.ppo.config import PPOConfig
-from align.ppo.rewards import RewardModelSource, build_reward, classifier_parts, import_callable
+from align.rewards.sources import (RewardModelSource, build_reward, check_callables, classifier_parts,
+                                   specs_of)
 from align.ppo.trainer import PPOTrainer
 from align.profiles import check_stage, running_class
 from align.stages.context import StageContext
@@ -35,12 +36,7 @@ def run(ctx: StageContext):
     check_stage(ctx.name, get_kind(ctx.stage.kind), profile_class, profile_class)
     where = f"stages.{ctx.name}.args"
     config = PPOConfig.from_args(ctx.stage.args, where, ctx.recipe.source)
-    for i, item in enumerate(config.rewards):  # before any model loads: a typo should fail fast
-        if item["source"] != "rm":
-            try:
-                import_callable(item["source"])
-            except AlignError as exc:
-                raise AlignError(f"{where}.rewards.{i}: {exc}") from None
+    check_callables(specs_of(config), f"{where}.rewards")  # before any model loads: a typo should fail fast
     seed = config.seed if config.seed is not None else ctx.recipe.seed
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(seed)
