@@ -127,7 +127,7 @@ def worker(which: str, setup: dict, out: Path) -> None:
 
 def run_align(setup, tokenizer, policy, reference, value, rm, prompts):
     from align.ppo.config import PPOConfig
-    from align.ppo.rewards import RewardModelSource, WeightedReward
+    from align.rewards.sources import RewardModelSource, WeightedReward
     from align.ppo.trainer import PPOTrainer
 
     h = setup["hyper"]

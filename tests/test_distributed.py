@@ -35,7 +35,7 @@ def stages() -> dict:
         "ppo": {"kind": "ppo", "from": "sft",
                 "data": {"train": {"world": "qa_train", "columns": {"question": "prompt"}}},
                 "args": {"rewards": [{"source": "dist_rewards:shorter", "weight": 1.0},
-                                     {"source": "align.ppo.rewards:correct_answer", "weight": 1.0}],
+                                     {"source": "align.rewards:correct_answer", "weight": 1.0}],
                          "value_model": "policy", "score_normalization": "running",
                          "adaptive_kl": True, "kl_target": 0.5,
                          "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,

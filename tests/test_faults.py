@@ -104,12 +104,12 @@ def test_ppo_non_finite_loss_stops_naming_the_step(tmp_path, capsys, tiny_model)
 
     from align.modeling import load_full, load_tokenizer
     from align.ppo.config import PPOConfig
-    from align.ppo.rewards import build_reward
+    from align.rewards.sources import build_reward
     from align.ppo.trainer import PPOTrainer
     from align.errors import NonFiniteError
 
     path = tiny_model
-    config = PPOConfig(rewards=[{"source": "align.ppo.rewards:correct_answer"}], batch_size=2,
+    config = PPOConfig(rewards=[{"source": "align.rewards:correct_answer"}], batch_size=2,
                        mini_batch_size=2, response_length=4, total_episodes=8, save_steps=1,
                        disable_tqdm=True)
     prompts = [{"prompt": [{"role": "user", "content": "Who leads Gouia?"}], "answers": ["Nim"]}] * 4
@@ -153,7 +153,7 @@ def test_defaults_clip_gradients_and_bound_checkpoints(tmp_path):
         args = ctx.training_args(config_class(stage.kind))
         expected = (0.5, 5) if name == "own" else (1.0, 2)
         assert (args.max_grad_norm, args.save_total_limit) == expected, name
-    ppo = PPOConfig.from_args({"rewards": [{"source": "align.ppo.rewards:correct_answer"}]})
+    ppo = PPOConfig.from_args({"rewards": [{"source": "align.rewards:correct_answer"}]})
     assert (ppo.max_grad_norm, ppo.save_total_limit) == (1.0, 2)
 
 

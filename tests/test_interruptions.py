@@ -32,7 +32,7 @@ def stages() -> dict:
                 "args": {**FAST, "max_steps": 6, "save_steps": 2, "max_length": 64}},
         "ppo": {"kind": "ppo", "from": "sft",
                 "data": {"train": {"world": "qa_train", "columns": {"question": "prompt"}}},
-                "args": {"rewards": [{"source": "align.ppo.rewards:correct_answer"}],
+                "args": {"rewards": [{"source": "align.rewards:correct_answer"}],
                          "value_model": "policy", "batch_size": 4, "mini_batch_size": 4,
                          "ppo_epochs": 1, "total_episodes": 16, "response_length": 8,
                          "learning_rate": 1e-5, "save_steps": 2, "disable_tqdm": True}},

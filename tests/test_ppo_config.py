@@ -10,7 +10,7 @@ import pytest
 from align.errors import AlignError
 from align.ppo.config import PPOConfig
 
-CALLABLE = [{"source": "align.ppo.rewards:correct_answer"}]
+CALLABLE = [{"source": "align.rewards:correct_answer"}]
 
 
 def test_defaults_and_good_values_construct():

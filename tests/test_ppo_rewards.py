@@ -12,11 +12,11 @@ import torch
 from align.artifacts import Manifest, ModelRef, load_artifact, write_json_atomic
 from align.errors import AlignError
 from align.ppo.config import PPOConfig
-from align.ppo.rewards import (
+from align.ppo.rewards import ScoreShaper
+from align.rewards.sources import (
     CallableSource,
     Episodes,
     RewardModelSource,
-    ScoreShaper,
     WeightedReward,
     build_reward,
     import_callable,
@@ -198,7 +198,7 @@ def test_weighted_sum_and_non_finite_rows():
 # -- shaping ------------------------------------------------------------------------------------------
 
 def batch_of(values, finite=None):
-    from align.ppo.rewards import ScoreBatch
+    from align.rewards.sources import ScoreBatch
 
     total = torch.tensor(values, dtype=torch.float64)
     finite = torch.ones(len(values), dtype=torch.bool) if finite is None else torch.tensor(finite)

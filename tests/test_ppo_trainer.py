@@ -15,7 +15,7 @@ from align.errors import AlignError
 from align.modeling import load_artifact_model, load_tokenizer
 from align.ppo.config import PPOConfig
 from align.ppo.core import AdaptiveKLController, logprobs_from_logits
-from align.ppo.rewards import build_reward, position_ids_from_mask
+from align.rewards.sources import build_reward, position_ids_from_mask
 from align.ppo.trainer import PPOTrainer
 from align.recipe import RecipeError, load_recipe
 from align.runner import run_recipe

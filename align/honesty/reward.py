@@ -4,7 +4,7 @@
 a refusal `r_abstain` (0), a wrong answer `r_wrong` (-1). A refusal is worth less than a right
 answer and more than a wrong one, so the policy learns to answer what it knows and to decline
 what it would get wrong, without a probe telling it which is which. Where the probe did label a
-question (`category` column of the idk stage's `prompts` file), `r_abstain_known` may price
+question (`category` column of the idk stage's `prompts` file, or a boolean `known` label), `r_abstain_known` may price
 refusing a question the model knows differently (e.g. -0.5 against over-refusal); unset, every
 refusal earns `r_abstain`.
 
@@ -83,11 +83,12 @@ class TernaryReward:
     def grades(self, completions: list[str], answers: list[Any]) -> list[str]:
         return [self._judge.grade(text, gold) for text, gold in zip(completions, answers)]
 
-    def __call__(self, prompts, completions, answers=None, category=None, **_columns) -> list[float]:
+    def __call__(self, prompts, completions, answers=None, category=None, known=None,
+                 **_columns) -> list[float]:
         if answers is None:
             raise AlignError("the honesty reward needs an `answers` column (gold answer or aliases per "
                              "row) in the prompt data, e.g. the idk stage's `prompts` file or a QA split.")
-        categories = list(category) if category is not None else [None] * len(completions)
+        categories = categories_of(category, known, len(completions))
         grades = self.grades(completions, answers)
         self.last_counts = Counter(zip(categories, grades))
         return [ternary_score(g, c, r_correct=self.r_correct, r_abstain=self.r_abstain,
@@ -97,6 +98,15 @@ class TernaryReward:
     def metrics(self) -> dict[str, float]:
         """Rates of the last call: correct / refusal / wrong overall and per probe category."""
         return grade_rates(self.last_counts)
+
+
+def categories_of(category, known, n: int) -> list[str | None]:
+    """Each row's category: the probe's (`category`), else from a boolean `known` label."""
+    if category is not None:
+        return list(category)
+    if known is not None:
+        return [None if k is None else ("known" if k else "unknown") for k in known]
+    return [None] * n
 
 
 def grade_rates(counts: Counter) -> dict[str, float]:
@@ -113,9 +123,11 @@ def grade_rates(counts: Counter) -> dict[str, float]:
     return out
 
 
-def ternary_reward(prompts, completions, answers=None, category=None, **columns) -> list[float]:
+def ternary_reward(prompts, completions, answers=None, category=None, known=None,
+                   **columns) -> list[float]:
     """The ternary reward at its defaults (+1 / 0 / -1), as a `module:function` source."""
-    return _default_ternary()(prompts, completions, answers=answers, category=category, **columns)
+    return _default_ternary()(prompts, completions, answers=answers, category=category, known=known,
+                              **columns)
 
 
 @lru_cache(maxsize=1)

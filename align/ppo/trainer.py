@@ -43,10 +43,10 @@ from align.ppo.core import (
     logprobs_from_logits,
     masked_whiten,
 )
-from align.ppo.rewards import (
+from align.ppo.rewards import ScoreShaper
+from align.rewards.sources import (
     Episodes,
     ScoreBatch,
-    ScoreShaper,
     WeightedReward,
     classifier_parts,
     position_ids_from_mask,
