@@ -223,18 +223,34 @@ def test_rloo_runs_the_same_stage(rl_run):
     assert all(math.isfinite(h["kl"]) for h in history(artifact.path) if "reward" in h)
 
 
-def test_grpo_on_two_processes_ends_with_identical_replicas(tmp_path, pretrained_tiny):
-    stages = {"sft": {"kind": "sft", "data": "world:sft",
-                      "args": {**QUIET, "max_steps": 2, "per_device_train_batch_size": 4}},
-              "grpo": {"kind": "grpo", "from": "sft", "data": PROMPTS, "options": HONESTY,
+# A reward every completion gets a different share of, so the untrained model's policy moves.
+SPREAD = """
+def distinct_letters(prompts, completions, **columns):
+    return [len(set(c)) / 10.0 for c in completions]
+"""
+
+
+def test_grpo_on_two_processes_ends_with_identical_replicas(tmp_path, tiny_model):
+    """Two processes (cpu-ddp), GRPO from the recipe's base model (no `from`): one manifest,
+    identical replicas, agreeing ranks, the reward source's mean logged once per step."""
+    stages = {"grpo": {"kind": "grpo", "data": PROMPTS,
+                       "options": {"rewards": [{"source": "dist_rl_rewards:distinct_letters"},
+                                               {"source": "honesty", "weight": 0.5}]},
                        "args": {**GRPO_ARGS, "per_device_train_batch_size": 8, "num_generations": 4,
-                                "max_steps": 3, "learning_rate": 1e-3}}}
-    path = write_recipe(tmp_path, stages, model={"name_or_path": pretrained_tiny}, accelerate="cpu-ddp")
+                                "max_completion_length": 8, "max_steps": 3, "learning_rate": 1e-3}}}
+    path = write_recipe(tmp_path, stages, model={"name_or_path": str(tiny_model)}, accelerate="cpu-ddp")
+    (tmp_path / "dist_rl_rewards.py").write_text(SPREAD)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.run([sys.executable, "-m", "align", "run", path], capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"
     assert len(list(run.glob("grpo*/artifact.json"))) == 1 and not (run / "grpo.partial").exists()
+    assert not list(run.glob("grpo*/.artifact.json.*"))
     metrics = json.loads((run / "grpo" / "artifact.json").read_text())["metrics"]
     assert (metrics["world_size"], metrics["replicas_identical"], metrics["ranks_agree"]) == (2, True, True)
-    assert metrics["steps"] == 3 and metrics["kl_max"] > 0
+    assert metrics["steps"] == 3 and metrics["kl_max"] > 0  # both ranks trained the policy
+    rows = [h for h in history(run / "grpo") if "reward" in h]
+    assert [h["step"] for h in rows] == [1, 2, 3]
+    assert all("rewards/distinct_letters/mean" in h and "rewards/honesty/mean" in h for h in rows)

@@ -41,6 +41,8 @@ def metric_parts(metrics: dict) -> list[str]:
     if "categories" in metrics:  # the idk builder
         parts.append("known/unknown/grey " + "/".join(str(metrics["categories"][c])
                                                       for c in ("known", "unknown", "grey")))
+    if isinstance(metrics.get("reward_first"), (int, float)) and isinstance(metrics.get("reward_last"), (int, float)):
+        parts.append(f"reward {metrics['reward_first']:.3f} -> {metrics['reward_last']:.3f}")  # grpo, rloo
     for key in ("accuracy", "margin", "heldout_margin_sft", "heldout_margin", "label_agreement",
                 "mean_score_last"):
         if key in metrics and isinstance(metrics[key], (int, float)):
