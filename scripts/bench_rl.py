@@ -286,7 +286,8 @@ def honesty_lines(res: dict) -> list[str]:
 
 def main() -> None:
     parser = bc.script_parser(__doc__)
-    parser.add_argument("--part", choices=["throughput", "honesty", "both"], default="both")
+    parser.add_argument("--part", choices=["throughput", "honesty", "both", "report"], default="both",
+                        help="what to run (report: rewrite the report from .bench/rl/results.json)")
     parser.add_argument("--preset", choices=["tiny", *sorted(bc.PRESETS)], default="tiny",
                         help="(a) model: the embedded tiny model (default) or a bench_common preset")
     parser.add_argument("--steps", type=int, default=12, help="(a) GRPO steps per run (default 12)")
@@ -309,7 +310,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "results.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
-    results["meta"] = bc.run_meta("bench_rl.py")
+    if args.part != "report":
+        results["meta"] = bc.run_meta("bench_rl.py")
     if args.part in ("throughput", "both"):
         results["throughput"] = run_throughput(args, workdir)
         saved.write_text(json.dumps(results, default=str))
