@@ -243,6 +243,9 @@ def run_honesty(args, workdir: Path) -> dict:
     run_dir = workdir / "honesty-run"
     if args.fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
+    elif args.redo_rl:  # the budget is not part of a stage's hash: drop what it decided
+        for name in (*RL_STAGES, "evaluate"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
     started = time.perf_counter()
     artifacts = run_recipe(str(RECIPE), [f"run_dir={run_dir}"])
     out = {"budget": budget, "wall": time.perf_counter() - started, "stages": {}}
@@ -299,6 +302,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--budget", type=float, default=20.0, help="(b) training seconds per RL stage (default 20)")
     parser.add_argument("--fresh", action="store_true", help="(b) start the rl recipe's run directory afresh")
+    parser.add_argument("--redo-rl", action="store_true",
+                        help="(b) keep pretrain .. sft_idk and dpo of an earlier run, redo the RL stages")
     parser.add_argument("--workdir", default=str(bc.ROOT / ".bench" / "rl"))
     parser.add_argument("--out", default=str(bc.ROOT / "benchmarks" / "rl.md"))
     bc.worker_arguments(parser, ["align", "bare"])

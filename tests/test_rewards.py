@@ -46,6 +46,9 @@ def test_ternary_reward_grades_with_the_judge_against_gold_answers():
     completions = ["The capital is Kelmar.", IDK, "The capital is Dorvan.", "", "I don't know if it's Kelmar"]
     answers = [["Kelmar"]] * 5
     assert ternary_reward([None] * 5, completions, answers=answers) == [1.0, 0.0, -1.0, -1.0, 0.0]
+    # As TRL hands conversational completions to a bare reward function: message lists.
+    messages = [[{"role": "assistant", "content": c}] for c in completions]
+    assert ternary_reward([None] * 5, messages, answers=answers) == [1.0, 0.0, -1.0, -1.0, 0.0]
     reward = TernaryReward(r_abstain=0.3, r_abstain_known=-0.5)
     out = reward([None] * 4, ["Kelmar", IDK, IDK, "Dorvan"], answers=[["Kelmar"]] * 4,
                  category=["known", "known", "unknown", "unknown"])

@@ -223,6 +223,19 @@ def test_rloo_runs_the_same_stage(rl_run):
     assert all(math.isfinite(h["kl"]) for h in history(artifact.path) if "reward" in h)
 
 
+def test_grpo_qlora_from_an_adapter_upstream(rl_run):
+    """QLoRA quantises the merged upstream (written once into the artifact's `base/`) and trains
+    a fresh adapter on it; the reference is that quantised model with the adapter disabled."""
+    stages = {"grpo_qlora": {"kind": "grpo", "from": "sft_lora", "data": PROMPTS, "options": HONESTY,
+                             "method": {"type": "qlora", "lora": {"r": 8, "alpha": 16}},
+                             "args": {**GRPO_ARGS, "num_generations": 4, "max_steps": 2}}}
+    path = recipe(rl_run["tmp"], rl_run["model"], stages, name="qlora", run_dir=str(rl_run["run"]))
+    artifact = run_recipe(path, only=["grpo_qlora"])["grpo_qlora"]
+    model = artifact.manifest.model
+    assert (model.type, model.method, model.base) == ("adapter", "qlora", "base")
+    assert (artifact.path / "base" / "config.json").exists() and artifact.manifest.metrics["steps"] == 2
+
+
 # A reward every completion gets a different share of, so the untrained model's policy moves.
 SPREAD = """
 def distinct_letters(prompts, completions, **columns):

@@ -89,7 +89,7 @@ class TernaryReward:
             raise AlignError("the honesty reward needs an `answers` column (gold answer or aliases per "
                              "row) in the prompt data, e.g. the idk stage's `prompts` file or a QA split.")
         categories = categories_of(category, known, len(completions))
-        grades = self.grades(completions, answers)
+        grades = self.grades([as_text(c) for c in completions], answers)
         self.last_counts = Counter(zip(categories, grades))
         return [ternary_score(g, c, r_correct=self.r_correct, r_abstain=self.r_abstain,
                               r_wrong=self.r_wrong, r_abstain_known=self.r_abstain_known)
@@ -98,6 +98,15 @@ class TernaryReward:
     def metrics(self) -> dict[str, float]:
         """Rates of the last call: correct / refusal / wrong overall and per probe category."""
         return grade_rates(self.last_counts)
+
+
+def as_text(completion) -> str:
+    """A completion as text; TRL hands conversational completions over as message lists."""
+    if isinstance(completion, list):
+        return "".join(m.get("content") or "" for m in completion if m.get("role", "assistant") == "assistant")
+    if isinstance(completion, dict):
+        return completion.get("content") or ""
+    return completion
 
 
 def categories_of(category, known, n: int) -> list[str | None]:
