@@ -45,7 +45,10 @@ def grpo_args(setup: dict) -> dict:
     return dict(max_steps=setup["steps"], per_device_train_batch_size=setup["batch_size"],
                 num_generations=setup["num_generations"], max_completion_length=setup["completion_length"],
                 learning_rate=1e-5, beta=0.04, logging_steps=1, report_to="none", disable_tqdm=True,
-                dataloader_num_workers=0, max_grad_norm=1.0, save_steps=setup["steps"] + 1)
+                dataloader_num_workers=0, max_grad_norm=1.0, save_steps=setup["steps"] + 1,
+                # align's default; TRL's configs default to gradient checkpointing on, which on
+                # this model costs about half the throughput (measured: 9.2 vs 17.4 completions/s)
+                activation_checkpointing=setup.get("checkpointing", False))
 
 
 def clock_callback():

@@ -209,7 +209,7 @@ def test_grpo_killed_mid_stage_resumes_at_its_saved_step(rl_run):
     assert load_artifact(run / "grpo_resume").manifest.metrics["steps"] == 8
 
 
-def test_rloo_runs_the_same_stage(rl_run):
+def test_rloo_runs_the_same_stage(rl_run, capsys):
     stages = {"rloo": {"kind": "rloo", "from": "sft", "data": PROMPTS,
                        "options": {"rewards": [{"source": "honesty", "weight": 1.0},
                                                {"source": "align.rewards:correct_answer", "weight": 0.5}]},
@@ -221,6 +221,12 @@ def test_rloo_runs_the_same_stage(rl_run):
     assert artifact.manifest.model.type == "adapter" and metrics["steps"] == 4
     assert set(metrics["reward_sources"]) == {"honesty", "correct_answer"}
     assert all(math.isfinite(h["kl"]) for h in history(artifact.path) if "reward" in h)
+    # Lineage and push as for every model kind: the adapter's base is the sft artifact.
+    from align.cli import main
+
+    assert artifact.manifest.model.base == "../sft"
+    assert main(["push", str(artifact.path), "--repo-id", "me/rloo", "--dry-run"]) == 0
+    assert "REINFORCE leave-one-out (RLOO)" in capsys.readouterr().out
 
 
 def test_grpo_qlora_from_an_adapter_upstream(rl_run):

@@ -57,10 +57,21 @@ def run(ctx: StageContext):
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     names = [f.__name__ for f in setup.reward_funcs]
     metrics = {**loss_summary(trainer.state.log_history), **summarise(trainer.state.log_history, names),
-               **counts, "non_finite": {f.__name__: f.non_finite for f in setup.reward_funcs}}
+               **counts, "non_finite": non_finite_counts(ctx, setup.reward_funcs)}
     ctx.log("reward by quarter: " + " -> ".join(_fmt(v) for v in metrics["reward_by_quarter"])
             + f" | kl last {_fmt(metrics.get('kl_last'), 4)}")
     return ctx.finish_model(trainer, setup.tokenizer, metrics)
+
+
+def non_finite_counts(ctx: StageContext, funcs) -> dict[str, int]:
+    """Each source's non-finite values over all processes (each scored its own rows)."""
+    mine = [f.non_finite for f in funcs]
+    if ctx.state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        everyone = gather_object([mine])
+        mine = [sum(column) for column in zip(*everyone)]
+    return {f.__name__: n for f, n in zip(funcs, mine)}
 
 
 def build_trainer(ctx: StageContext) -> Setup:
