@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
 RECIPE = bc.ROOT / "recipes" / "tiny" / "rl.yaml"
-RL_STAGES = ("ppo", "grpo", "rloo", "grpo_sft")
+RL_STAGES = ("ppo", "grpo", "grpo_priced", "rloo", "grpo_sft")
 
 
 # -- (a) throughput ----------------------------------------------------------------------------------
@@ -271,9 +271,9 @@ def honesty_lines(res: dict) -> list[str]:
              "| stage | from | stage wall s | steps | reward first -> last quarter | accuracy (known) | "
              "over-refusal | hallucination (unknown) | refusal (unknown) | truthful |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
-    starts = {"ppo": "sft_idk", "grpo": "sft_idk", "rloo": "sft_idk", "dpo": "sft_idk", "grpo_sft": "sft",
-              "sft_idk": "sft", "sft": "pretrain"}
-    for name in ("sft", "sft_idk", "ppo", "grpo", "rloo", "grpo_sft", "dpo"):
+    starts = {"ppo": "sft_idk", "grpo": "sft_idk", "grpo_priced": "sft_idk", "rloo": "sft_idk", "dpo": "sft_idk",
+              "grpo_sft": "sft", "sft_idk": "sft", "sft": "pretrain"}
+    for name in ("sft", "sft_idk", "ppo", "grpo", "grpo_priced", "rloo", "grpo_sft", "dpo"):
         if name not in stages or name not in table:
             continue
         m, row = stages[name]["metrics"], table[name]
