@@ -19,6 +19,7 @@ CURVES_FILE = "curves.png"
 # what to draw of it: x label, [(series label, key)].
 TRAINER_LOG = ("history", "step", [("train loss", "loss"), ("eval loss", "eval_loss")])
 PPO_LOG = ("stats", "PPO step", [("score", "score_raw"), ("KL", "kl")])
+RL_LOG = ("history", "step", [("reward", "reward"), ("KL", "kl")])  # grpo, rloo (TRL's log keys)
 SECOND_AXIS = "KL"  # on another scale than the score it is drawn with
 
 
@@ -26,7 +27,9 @@ def stage_history(artifact) -> tuple[str, list[tuple[str, list[tuple[float, floa
     """(x label, [(series label, [(step, value), ...])]) for one artifact; no series when it
     kept no log (data stages, evaluation)."""
     files = artifact.manifest.files or {}
-    role, x_label, series = PPO_LOG if artifact.manifest.kind == "ppo" else TRAINER_LOG
+    kind = artifact.manifest.kind
+    role, x_label, series = (PPO_LOG if kind == "ppo" else RL_LOG if kind in ("grpo", "rloo")
+                             else TRAINER_LOG)
     if role not in files:
         return "", []
     rows = read_jsonl(artifact.path / files[role])

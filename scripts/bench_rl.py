@@ -170,9 +170,14 @@ def run_throughput(args, workdir: Path) -> dict:
     return {"setup": setup, "pairs": pairs}
 
 
+def part_meta(res: dict) -> list[str]:
+    meta = res.get("meta")
+    return [f"Run {meta['started']} (UTC), {meta['host']}: `{meta['command']}`.", ""] if meta else []
+
+
 def throughput_lines(res: dict) -> list[str]:
     s = res["setup"]
-    lines = ["## (a) align's grpo stage vs a bare GRPOTrainer script", "",
+    lines = ["## (a) align's grpo stage vs a bare GRPOTrainer script", "", *part_meta(res),
              f"Model: `{s['preset']}` (random init). Prompts: the default world's {s['prompts']} probe questions with "
              f"their gold answers. Reward: the ternary honesty reward (align: reward source `honesty`; bare: the "
              f"function `align.honesty.reward:ternary_reward`). GRPOConfig: {s['steps']} steps of "
@@ -262,7 +267,7 @@ def run_honesty(args, workdir: Path) -> dict:
 def honesty_lines(res: dict) -> list[str]:
     stages = res["stages"]
     table = stages["evaluate"]["metrics"]["stages"]
-    lines = ["## (b) PPO, GRPO, RLOO and DPO on the honesty task", "",
+    lines = ["## (b) PPO, GRPO, RLOO and DPO on the honesty task", "", *part_meta(res),
              f"`recipes/tiny/rl.yaml` (48 countries), each RL stage's training stopped after {res['budget']:.0f} s "
              "(or at its recipe's step count, if sooner); all RL stages on the ternary honesty reward "
              "(+1 correct, 0 refusal, -1 wrong) over the idk stage's prompts. Held-out evaluation (qa_eval: "
@@ -321,19 +326,18 @@ def main() -> None:
     if args.part != "report":
         results["meta"] = bc.run_meta("bench_rl.py")
     if args.part in ("throughput", "both"):
-        results["throughput"] = run_throughput(args, workdir)
+        results["throughput"] = {**run_throughput(args, workdir), "meta": results["meta"]}
         saved.write_text(json.dumps(results, default=str))
     if args.part in ("honesty", "both"):
         import torch
 
         torch.set_num_threads(args.threads)
-        results["honesty"] = run_honesty(args, workdir)
+        results["honesty"] = {**run_honesty(args, workdir), "meta": results["meta"]}
         saved.write_text(json.dumps(results, default=str))
     meta = results["meta"]
     lines = ["# RL stages: align's grpo vs a bare GRPOTrainer; PPO vs GRPO vs RLOO vs DPO on honesty", "",
-             f"Date: {meta['started']} (UTC). Machine: {meta['host']}.", "",
-             f"Command: `{meta['command']}` (parts run separately keep each other's results in "
-             "`.bench/rl/results.json`).", "", f"Libraries: {meta['versions']}.", ""]
+             "Parts run separately keep each other's results in `.bench/rl/results.json`; each part "
+             "names its own run below.", "", f"Libraries: {meta['versions']}.", ""]
     if "throughput" in results:
         lines += throughput_lines(results["throughput"])
     if "honesty" in results:
