@@ -110,6 +110,11 @@ def test_grpo_with_the_ternary_reward_learns_to_refuse_what_it_does_not_know(rl_
     assert all("rewards/honesty/mean" in h and "non_finite/honesty" in h for h in rows)
     assert metrics["non_finite"] == {"honesty": 0}
     assert metrics["replicas_identical"] is True and metrics["world_size"] == 1
+    # The run report draws the reward and the KL of the stage, step by step.
+    from align.report import stage_history
+
+    _, series = stage_history(load_artifact(rl_run["run"] / "grpo"))
+    assert [(label, len(points)) for label, points in series] == [("reward", STEPS), ("KL", STEPS)]
 
 
 def completion_logps(model, tokenizer, rows) -> torch.Tensor:
