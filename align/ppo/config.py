@@ -16,15 +16,13 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from align.errors import AlignError
-
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+from align.importing import is_reference
 
 # How the field names are prefixed in messages: (where, source). `from_args` sets it to the
 # recipe's place for the duration of the constructor call; a config built in Python names
@@ -217,7 +215,7 @@ class PPOConfig:
             if extra:
                 raise AlignError(f"{here} has unknown key(s) {sorted(extra)}; only source and weight.")
             source, weight = item["source"], item.get("weight", 1.0)
-            if not isinstance(source, str) or not (source == "rm" or _CALLABLE.match(source)):
+            if not (source == "rm" or is_reference(source)):
                 raise AlignError(f"{here}.source must be \"rm\" (the reward model input) or "
                                  f"\"module:function\" (e.g. my_rewards:exact_match); got {source!r}.")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
