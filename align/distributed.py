@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+import torch
+from accelerate import PartialState
+
 
 def process_state():
     """accelerate's process state; on a machine without GPUs, several processes use gloo.
@@ -26,10 +29,6 @@ def process_state():
     its own (which would otherwise see `accelerate launch --multi_gpu` without CUDA as one
     process). It is the one way align asks which rank it is.
     """
-    # torch and accelerate are imported on use: the CLI imports this module to validate recipes.
-    import torch
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -55,8 +54,6 @@ def is_partitioned(model) -> bool:
 
 def target_device(model):
     """Where generation should run: the process's GPU for a model left on the CPU, else None."""
-    import torch
-
     if not torch.cuda.is_available() or getattr(model, "hf_device_map", None):
         return None
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):

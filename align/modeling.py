@@ -19,6 +19,10 @@ from align.tiny import TinyConfig, build_tiny
 if TYPE_CHECKING:
     from align.recipe import MethodSpec, Recipe
 
+# torch, transformers and peft are imported inside the functions that use them: `align validate`
+# imports this module, and importing peft alone costs it seconds (26 s on a loaded 2-core
+# machine, against 1.3 s for all of `align.validate` without it).
+
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 

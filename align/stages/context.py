@@ -18,6 +18,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from transformers import EarlyStoppingCallback
+
 from align.artifacts import (Artifact, Manifest, ModelRef, StageDirs, library_versions,
                              read_manifest)
 from align.distributed import is_sharded, process_state
@@ -101,8 +106,6 @@ class StageContext:
 
     def datasets(self, target: str):
         """(train, eval or None) as `datasets.Dataset`, eval from sources or a seeded split."""
-        from datasets import Dataset
-
         spec = self.stage.data
         train = self.rows(target)
         evaluation = self.rows(target, spec.eval) if spec.eval else None
@@ -160,8 +163,6 @@ class StageContext:
 
     # -- training arguments ------------------------------------------------------------------
     def training_args(self, config_cls, has_eval: bool = False, **stage_defaults):
-        import torch
-
         args: dict[str, Any] = {**TRAINER_DEFAULTS, **stage_defaults}
         args["seed"] = self.recipe.seed
         if not torch.cuda.is_available():
@@ -184,9 +185,6 @@ class StageContext:
         return config_cls(output_dir=str(self.dirs.checkpoints), **args)
 
     def callbacks(self) -> list:
-        # transformers on use: importing it costs seconds, and the CLI imports stage contexts.
-        from transformers import EarlyStoppingCallback
-
         out = [NonFiniteLossCallback()]
         if self.stage.early_stopping_patience:
             out.append(EarlyStoppingCallback(self.stage.early_stopping_patience))
@@ -206,8 +204,6 @@ class StageContext:
         every rank (a collective: every rank must call it). Sharded profiles (ZeRO-3, FSDP) hold
         different shards on each rank, so `replicas_identical` is None there.
         """
-        from accelerate.utils import gather_object
-
         digest = hashlib.sha256()
         for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
             if p.requires_grad:
