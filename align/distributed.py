@@ -33,9 +33,11 @@ def process_state():
 
 
 def process_rank() -> tuple[int, int]:
-    """(this process's rank, number of processes)."""
-    state = process_state()
-    return state.process_index, state.num_processes
+    """(this process's rank, number of processes) in the process group collectives run over:
+    the one accelerate's state initialised, or one a caller set up itself; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def is_sharded(state) -> bool:
