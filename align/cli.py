@@ -1,4 +1,4 @@
-"""`align` command line: run | stage | validate | ls | tiny | eval | push.
+"""`align` command line: run | stage | validate | ls | tiny | eval | push | export | chat.
 
 User errors (AlignError) print one paragraph and exit 2, with no traceback unless `--debug`.
 """
@@ -167,11 +167,23 @@ def cmd_push(args) -> int:
 
     result = push_artifact(args.artifact, args.repo_id, private=args.private,
                            revision=args.revision, commit_message=args.commit_message,
-                           dry_run=args.dry_run, run_report=run_report_of(args.artifact))
+                           dry_run=args.dry_run, run_report=run_report_of(args.artifact),
+                           merged=args.merged)
     if args.dry_run:
         print(format_plan(result))
     else:
         print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from align.artifacts import load_artifact
+    from align.modeling import export_model
+
+    out = export_model(load_artifact(args.artifact), Path(args.out))
+    print(f"exported {args.artifact} to {out}: one standalone model (safetensors, adapters "
+          "merged), its tokenizer and chat template; load it with "
+          f"AutoModelForCausalLM.from_pretrained(\"{out}\")")
     return 0
 
 
@@ -293,7 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-message", help="commit message")
     p.add_argument("--dry-run", action="store_true",
                    help="list the files and print the card; no network, no token needed")
+    p.add_argument("--merged", action="store_true",
+                   help="push the standalone model `align export` writes (every adapter merged) "
+                        "instead of the adapter")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("export", help="one standalone model: adapters merged, tokenizer, template",
+                       description="Write the model an artifact holds as one standalone model "
+                       "directory: full weights in safetensors with the whole adapter chain "
+                       "merged, its tokenizer and chat template. Plain "
+                       "`AutoModelForCausalLM.from_pretrained(DIR)` loads it (no align, no PEFT).")
+    p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
+    p.add_argument("--out", required=True, help="a new (or empty) output directory")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -122,7 +122,11 @@ def merge_adapter(model, adapter_dir: Path):
     # Merging needs no task wrapper, and a causal-LM adapter merges as well into the same
     # weights under a sequence-classification head (a reward model started from a LoRA SFT).
     config.task_type = None
-    return PeftModel.from_pretrained(model, str(adapter_dir), config=config).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, str(adapter_dir), config=config).merge_and_unload()
+    # Loading an adapter for inference freezes every base weight; the merged model is a start
+    # model like any other (a full fine-tune after a LoRA stage must train all of it).
+    merged.requires_grad_(True)
+    return merged
 
 
 def load_start_model(start: Artifact | str, *, task: str = "causal-lm", dtype=None,
@@ -212,3 +216,78 @@ def count_trainable(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+# -- an adapter's base as PEFT reads it, and the standalone export ------------------------------
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def unmerged_base_marker(upstream: str) -> str:
+    """What an adapter whose base exists only merged in memory records as its base: not a path
+    and not a Hub id (it holds spaces), so `AutoPeftModel*.from_pretrained` refuses it, naming
+    what to do, instead of loading the adapter onto the wrong weights."""
+    return (f"align: this adapter applies to the merged model of the upstream artifact "
+            f"'{upstream}', which is not stored as plain weights; run `align export` on this "
+            f"artifact for a standalone model")
+
+
+def plain_base(final_dir: Path, base: str, partial_dir: Path | None = None) -> str:
+    """The `base_model_name_or_path` that makes PEFT's documented loading
+    (`AutoPeftModelForCausalLM.from_pretrained(<artifact>/model)`) give the model align loads:
+    the absolute path of the base's full weights, or the Hub id; for an adapter upstream
+    (merged only in memory) a marker that refuses to load (`unmerged_base_marker`)."""
+    if partial_dir is not None and not os.path.isabs(base) and (partial_dir / base).exists():
+        return str((final_dir / base).resolve())  # inside this artifact (a QLoRA merged base)
+    local = Path(base) if os.path.isabs(base) else final_dir / base
+    if (local / MANIFEST).exists():
+        upstream = load_artifact(local)
+        if upstream.manifest.model is not None and upstream.manifest.model.type == "full":
+            return str(upstream.model_path().resolve())
+        return unmerged_base_marker(upstream.name)
+    if local.exists():
+        return str(local.resolve())
+    return base
+
+
+def set_adapter_base(adapter_dir: Path, value: str) -> None:
+    """Rewrite the adapter config's `base_model_name_or_path` (PEFT records the model it wrapped,
+    which for a merged upstream is the raw root, not the weights the adapter was trained on)."""
+    import json
+
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.exists():
+        return
+    config = json.loads(path.read_text())
+    if config.get("base_model_name_or_path") != value:
+        config["base_model_name_or_path"] = value
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def export_model(artifact: Artifact, out: Path, *, trust_remote_code: bool = False) -> Path:
+    """One standalone model: the artifact's whole adapter chain merged into full weights
+    (safetensors), its tokenizer and chat template; loadable with plain
+    `AutoModelForCausalLM.from_pretrained(out)` (`AutoModelForSequenceClassification` for a
+    reward model)."""
+    from transformers import AutoTokenizer
+
+    ref = artifact.manifest.model
+    if ref is None:
+        raise AlignError(f"artifact '{artifact.name}' ({artifact.manifest.kind} stage) holds no "
+                         "model to export.")
+    if ref.method in ("ptuning", "prefix"):
+        raise AlignError(f"artifact '{artifact.name}' is a {ref.method} adapter: its virtual "
+                         "tokens cannot be merged into weights, so there is no standalone model "
+                         "to export; load it with PEFT on its base.")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise AlignError(f"'{out}' exists and is not empty; export into a new directory.")
+    model = load_artifact_model(artifact, trust_remote_code=trust_remote_code)
+    if ref.task == "sequence-classification" and model.config.pad_token_id is None:
+        tokenizer_pad = load_tokenizer(artifact.tokenizer_path(), trust_remote_code).pad_token_id
+        model.config.pad_token_id = tokenizer_pad
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(artifact.tokenizer_path()),
+                                  trust_remote_code=trust_remote_code).save_pretrained(str(out))
+    return out

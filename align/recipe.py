@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from align.data.world import WorldConfig, build_world
 from align.errors import AlignError
 from align.kinds import KINDS, get_kind, model_kinds
+from align.trackers import check_report_to
 # Keys align sets itself; a recipe that sets them in `args` is refused rather than ignored.
 RESERVED_ARGS = ("output_dir", "resume_from_checkpoint", "logging_dir", "push_to_hub", "hub_token")
 
@@ -507,6 +508,10 @@ def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in stage.args.items():
         where = f"stages.{name}.args.{key}"
+        if key == "logging_dir":
+            raise RecipeError(f"{recipe.source}: '{where}' is set by align: with `report_to: "
+                              "tensorboard` the event files go to <run_dir>/<stage>/logs/; "
+                              "remove it.")
         if key in RESERVED_ARGS:
             raise RecipeError(f"{recipe.source}: '{where}' is set by align (the run directory and "
                               "resumption are managed per stage); remove it.")
@@ -515,6 +520,8 @@ def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
             extra = f" Did you mean '{hint[0]}'?" if hint else ""
             raise RecipeError(f"{recipe.source}: unknown key '{where}': {cls.__name__} has no "
                               f"field '{key}'.{extra}")
+        if key == "report_to":
+            check_report_to(value, where, recipe.source)
         annotation = hints.get(key, fields[key].type)
         if not _accepts(annotation, value):
             raise RecipeError(f"{recipe.source}: '{where}' must be {_type_name(annotation)}, "
