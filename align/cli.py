@@ -187,6 +187,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from align.chat import Chat
+
+    chat = Chat(args.artifact, system=args.system, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature)
+    if args.prompt is not None:
+        chat.reply(args.prompt)
+        return 0
+    chat.loop(sys.stdin, interactive=sys.stdin.isatty())
+    return 0
+
+
 def run_report_of(artifact: str) -> str | None:
     """The run's honesty table, when an evaluate stage beside the artifact has one."""
     for table in sorted(Path(artifact).resolve().parent.glob("*/seesaw.md")):
@@ -318,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
     p.add_argument("--out", required=True, help="a new (or empty) output directory")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("chat", help="talk to a model artifact (its chat template, streamed)",
+                       description="Chat with the model an artifact holds (adapters merged), "
+                       "through its chat template, tokens streamed as they come. Without "
+                       "--prompt: a multi-turn loop, one user turn per line of input (/clear "
+                       "starts over, /exit or end of input stops).")
+    p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
+    p.add_argument("--prompt", help="ask one question, print the answer and exit")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -44,6 +44,19 @@ def chain_stages() -> dict:
         stages[f"evaluate_{up}"] = {"kind": "evaluate", "from": [sft, f"dpo_{up}"],
                                     "data": {"train": {"world": "qa_eval", "max_samples": 8}},
                                     "options": {"max_new_tokens": 4}}
+    # Straight from the recipe's base model, no `from:` (the reference is then the base model).
+    stages["dpo_base"] = {"kind": "dpo", "method": "lora", "data": PAIRS, "args": FAST}
+    stages["kto_base"] = {"kind": "kto", "method": "full", "data": PAIRS, "args": FAST}
+    stages["orpo_base"] = {"kind": "orpo", "method": "lora", "data": PAIRS, "args": FAST}
+    stages["rm_base"] = {"kind": "rm", "method": "full", "data": PAIRS, "args": FAST}
+    stages["ppo_base"] = {
+        "kind": "ppo", "method": "full",
+        "data": {"train": {"world": "qa_train", "columns": {"question": "prompt"},
+                           "max_samples": 8}},
+        "args": {"rewards": [{"source": "align.ppo.rewards:correct_answer", "weight": 1.0}],
+                 "value_model": "policy", "batch_size": 4, "mini_batch_size": 2,
+                 "ppo_epochs": 1, "total_episodes": 8, "response_length": 4,
+                 "save_steps": 100, "disable_tqdm": True}}
     return stages
 
 
@@ -70,3 +83,32 @@ def test_every_upstream_method_into_every_model_loading_kind(chain_recipe, up, d
     assert artifact is not None and artifact.manifest.status == "complete"
     if down == "ppo":
         assert artifact.manifest.metrics["value_model"] == "rm"
+
+
+def test_rm_accuracy_on_training_pairs_is_named_so(chain_recipe):
+    """An rm stage without eval pairs scores its training pairs: the log line, the manifest and
+    report.md say so instead of calling it held-out."""
+    from pathlib import Path
+
+    from align.runner import run_recipe
+
+    artifact = run_recipe(chain_recipe, only=["rm_full"])["rm_full"]
+    metrics = artifact.manifest.metrics
+    assert metrics["scored_on"] == "train"
+    assert metrics["train_pair_accuracy"] == metrics["accuracy"]
+    assert "not held-out" in metrics["accuracy_note"]
+    report = (Path(chain_recipe).parent / "run" / "report.md").read_text()
+    assert "accuracy on training pairs" in report
+
+
+@pytest.mark.parametrize("kind", ["dpo", "kto", "orpo", "rm", "ppo"])
+def test_preference_stages_start_from_the_base_model_without_from(chain_recipe, tiny_model, kind):
+    from align.runner import run_recipe
+    from align.validate import validate_recipe
+
+    validate_recipe(chain_recipe, only=[f"{kind}_base"])
+    artifact = run_recipe(chain_recipe, only=[f"{kind}_base"])[f"{kind}_base"]
+    model = artifact.manifest.model
+    assert artifact.manifest.inputs == {}
+    if model.type == "adapter":
+        assert model.base == str(tiny_model)  # the base model is the start and the reference

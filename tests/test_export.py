@@ -118,3 +118,38 @@ def test_push_refuses_a_chained_adapter_and_pushes_it_merged(run, hub, monkeypat
     files = hub.files("me/chained")
     assert "model.safetensors" in files and "adapter_config.json" not in files
     assert b"merged" in files["README.md"]
+
+
+@pytest.mark.slow
+def test_chat_one_shot_streams_the_greedy_answer(run, capsys):
+    from align.cli import main
+    from align.generation import generate_answers
+    from align.modeling import load_artifact_model, load_tokenizer
+
+    artifact = run["sft_lora"]
+    question = "What is the capital of Vexland?"
+    assert main(["chat", str(artifact.path), "--prompt", question, "--max-new-tokens", "12"]) == 0
+    streamed = capsys.readouterr().out.strip()
+    expected = generate_answers(load_artifact_model(artifact),
+                                load_tokenizer(artifact.tokenizer_path()), [question],
+                                max_new_tokens=12)[0][0]
+    assert streamed == expected and streamed
+
+
+@pytest.mark.slow
+def test_chat_loop_keeps_the_conversation(run, capsys, monkeypatch):
+    import io
+
+    from align.chat import Chat
+    from align.cli import main
+
+    artifact = run["dpo_chain"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who leads Vexland?\n\nWhat is its currency?\n"))
+    assert main(["chat", str(artifact.path), "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.count("\n") >= 2  # one streamed answer per turn
+
+    chat = Chat(str(artifact.path), max_new_tokens=6, out=io.StringIO())
+    turns = chat.loop(io.StringIO("Who leads Vexland?\nWhat is its currency?\n/exit\nignored\n"))
+    assert turns == 2
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "user", "assistant"]
+    assert chat.out.getvalue().count("\n") == 2
