@@ -237,8 +237,10 @@ def plain_base(final_dir: Path, base: str, partial_dir: Path | None = None) -> s
     (`AutoPeftModelForCausalLM.from_pretrained(<artifact>/model)`) give the model align loads:
     the absolute path of the base's full weights, or the Hub id; for an adapter upstream
     (merged only in memory) a marker that refuses to load (`unmerged_base_marker`)."""
-    if partial_dir is not None and not os.path.isabs(base) and (partial_dir / base).exists():
-        return str((final_dir / base).resolve())  # inside this artifact (a QLoRA merged base)
+    if partial_dir is not None and not os.path.isabs(base):
+        inner = (partial_dir / base).resolve()
+        if inner.exists() and partial_dir.resolve() in inner.parents:
+            return str((final_dir / base).resolve())  # inside this artifact (QLoRA's merged base)
     local = Path(base) if os.path.isabs(base) else final_dir / base
     if (local / MANIFEST).exists():
         upstream = load_artifact(local)
