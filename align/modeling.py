@@ -240,8 +240,9 @@ def plain_base(final_dir: Path, base: str, partial_dir: Path | None = None) -> s
     if partial_dir is not None and not os.path.isabs(base):
         inner = (partial_dir / base).resolve()
         if inner.exists() and partial_dir.resolve() in inner.parents:
-            return str((final_dir / base).resolve())  # inside this artifact (QLoRA's merged base)
-    local = Path(base) if os.path.isabs(base) else final_dir / base
+            return os.path.normpath(final_dir / base)  # inside this artifact (QLoRA's merged base)
+    # Lexically: the final directory does not exist yet when the manifest is written.
+    local = Path(os.path.normpath(base if os.path.isabs(base) else final_dir / base))
     if (local / MANIFEST).exists():
         upstream = load_artifact(local)
         if upstream.manifest.model is not None and upstream.manifest.model.type == "full":

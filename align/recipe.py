@@ -170,6 +170,7 @@ class PushSpec(Strict):
     repo_id: str
     private: bool = False
     revision: str | None = None
+    merged: bool = False  # push `align export`'s standalone model instead of the adapter
 
 
 class Stage(Strict):

@@ -183,7 +183,8 @@ def push_stage(recipe: Recipe, name: str, artifact, tag: str = "") -> None:
     push = recipe.stages[name].push_to_hub
     if push is None:
         return
-    pushed = push_artifact(artifact.path, push.repo_id, private=push.private, revision=push.revision)
+    pushed = push_artifact(artifact.path, push.repo_id, private=push.private, revision=push.revision,
+                           merged=push.merged)
     print(f"{tag} {name}: pushed to {pushed.repo_id} ({pushed.commit_url})".lstrip(), flush=True)
 
 
