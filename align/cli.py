@@ -87,10 +87,19 @@ def cmd_stage(args) -> int:
 def cmd_validate(args) -> int:
     from align.validate import validate_recipe
 
-    for line in validate_recipe(args.recipe, args.overrides, accelerate=args.accelerate):
+    recipe = args.recipe or default_recipe()
+    for line in validate_recipe(recipe, args.overrides, accelerate=args.accelerate):
         print(f"  ok  {line}")
-    print(f"{args.recipe}: valid")
+    print(f"{recipe}: valid")
     return 0
+
+
+def shown_path(path: Path) -> str:
+    """A path that works from the current directory: relative below it, absolute elsewhere."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def cmd_ls(args) -> int:
@@ -101,7 +110,7 @@ def cmd_ls(args) -> int:
             continue
         data = yaml.safe_load(path.read_text()) or {}
         stages = " -> ".join((data.get("stages") or {}).keys())
-        rel = path.relative_to(RECIPES_DIR.parent)
+        rel = shown_path(path)
         print(f"{rel}\n    {data.get('description', '').strip()}\n    stages: {stages}")
     profiles = sorted(p.stem for p in (RECIPES_DIR / "accelerate").glob("*.yaml"))
     print(f"\naccelerate profiles: {', '.join(profiles)}")
@@ -264,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe and its data without training",
                        description="Check the schema, stage references, stage args against the "
                        "TRL config classes, the accelerate profile, and every dataset's rows.")
-    recipe_args(p)
+    recipe_args(p, optional=True)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("ls", help="list the shipped recipes and accelerate profiles")
