@@ -15,10 +15,10 @@ def test_rerun_names_the_changed_key_and_the_upstream(tmp_path, tiny_model, caps
     args = {"max_steps": 1, "per_device_train_batch_size": 4, "save_steps": 100,
             "disable_tqdm": True}
     stages = {"sft": {"kind": "sft", "data": {"train": {"world": "sft", "max_samples": 8}},
-                      "args": args},
+                      "args": dict(args)},
               "dpo": {"kind": "dpo", "from": "sft", "method": "lora",
                       "data": {"train": {"world": "preference_train", "max_samples": 8}},
-                      "args": args}}
+                      "args": dict(args)}}
     path = write_recipe(tmp_path, stages, model={"name_or_path": str(tiny_model)})
     run_recipe(path)
     out = capsys.readouterr().out
