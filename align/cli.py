@@ -16,10 +16,11 @@ from pathlib import Path
 from align.data.formats import convert_rows
 from align.data.sources import read_local
 from align.errors import AlignError
+from align.profiles import shipped_recipes_dir
 
 # `make demo` and `align run` without a recipe: the whole pipeline, ending in the honesty table.
 DEFAULT_RECIPE = "recipes/tiny/honesty.yaml"
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = shipped_recipes_dir()
 
 
 def default_recipe() -> str:

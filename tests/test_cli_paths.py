@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from align.cli import main
 
 
@@ -25,3 +27,20 @@ def test_validate_without_a_recipe_validates_the_default(monkeypatch, capsys):
     assert main(["validate"]) == 0
     assert seen and seen[0].endswith("tiny/honesty.yaml")
     assert capsys.readouterr().out.strip().endswith(": valid")
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_recipes_profiles_and_example_data(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path)], check=True,
+                   capture_output=True, timeout=600)
+    names = zipfile.ZipFile(next(tmp_path.glob("align-*.whl"))).namelist()
+    share = next(n for n in names if "/share/align/" in n).split("/share/align/")[0] + "/share/align/"
+    for rel in ("recipes/tiny/honesty.yaml", "recipes/tiny/byod.yaml", "recipes/accelerate/cpu.yaml",
+                "data/triviaqa.jsonl", "data/sharegpt.jsonl"):
+        assert share + rel in names, rel
