@@ -368,6 +368,8 @@ def quiet_libraries() -> None:
         datasets.disable_progress_bars()
     except ImportError:
         pass
+    if not sys.stdout.isatty():  # a CI log or a file: no carriage-return bars (read by
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers on import)
 
 
 def main(argv: list[str] | None = None) -> int:

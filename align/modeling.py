@@ -39,6 +39,24 @@ def resolve_base(recipe: "Recipe") -> str:
     return str(local) if local.exists() else ref
 
 
+def quiet_progress_without_terminal() -> None:
+    """Without a terminal (a CI log, a file), no carriage-return bars from model loading and
+    saving (transformers, huggingface_hub) or dataset maps (datasets)."""
+    import sys
+
+    if sys.stdout.isatty():
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

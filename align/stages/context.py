@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -178,6 +179,9 @@ class StageContext:
                                  "(data.eval or data.eval_fraction).")
             args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
                         greater_is_better=False)
+        if "disable_tqdm" not in self.stage.args and not sys.stdout.isatty():
+            # A CI log or a file: one printed line per logging step, no carriage-return bars.
+            args["disable_tqdm"] = True
         args.update(self.stage.args)
         if uses_tensorboard(args.get("report_to")):
             # Read by transformers' TensorBoardCallback when the Trainer is built: the event
