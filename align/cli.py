@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  align validate recipes/my.yaml\n  align ls",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep the library messages align filters as expected (a new reward "
+                             "head's load report, known deprecation warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def recipe_args(p, optional=False):
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        os.environ["ALIGN_VERBOSE"] = "1"  # read by modeling.filter_known_warnings
     try:
         return args.func(args)
     except AlignError as exc:

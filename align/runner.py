@@ -25,7 +25,7 @@ from align.errors import AlignError
 from align.hub import push_artifact
 from align.kinds import get_kind
 from align.lineage import check_inputs
-from align.modeling import quiet_progress_without_terminal, resolve_base
+from align.modeling import filter_known_warnings, quiet_progress_without_terminal, resolve_base
 from align.profiles import is_single_process, profile_path
 from align.recipe import Recipe, load_recipe
 from align.report import write_report
@@ -80,6 +80,7 @@ def current_artifact(recipe: Recipe, name: str):
 def execute_stage(recipe: Recipe, name: str):
     """Run one stage in this process (also what `accelerate launch ... align stage` calls)."""
     quiet_progress_without_terminal()
+    filter_known_warnings()
     inputs, digest = inputs_and_hash(recipe, name)
     dirs = StageDirs(recipe.output_dir(), name)
     finished = dirs.finished(digest)
