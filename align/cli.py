@@ -78,6 +78,9 @@ def cmd_stage(args) -> int:
 
         was_current = current_artifact(recipe, args.stage) is not None
         artifact = execute_stage(recipe, args.stage)
+        if was_current and state.is_main_process:
+            print(f"{args.stage}: up to date, skipped (its artifact matches the recipe, inputs "
+                  "and data)", flush=True)
         if not (launched_by_run or was_current) and state.is_main_process and artifact is not None:
             from align.runner import push_stage
 

@@ -184,6 +184,8 @@ class Stage(Strict):
     # Kind-specific settings that are not TRL config fields (e.g. the IDK builder, evaluation).
     options: dict[str, Any] = Field(default_factory=dict)
     push_to_hub: PushSpec | None = None
+    # Keep the last Trainer checkpoint in the finished artifact (`<stage>/last_checkpoint/`).
+    keep_checkpoints: bool = False
 
     @field_validator("kind")
     @classmethod

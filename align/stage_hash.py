@@ -44,6 +44,7 @@ def stage_config(recipe: Recipe, name: str) -> dict:
     shown = presentation_args(stage)
     block["args"] = {k: v for k, v in block["args"].items() if k not in shown}
     block.pop("push_to_hub", None)
+    block.pop("keep_checkpoints", None)
     return {
         "stage": block,
         "seed": recipe.seed,

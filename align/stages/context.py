@@ -269,6 +269,11 @@ class StageContext:
         if self.is_main:
             metrics = dict(metrics or {})
             files = dict(files or {})
+            last = self.dirs.last_checkpoint()
+            if self.stage.keep_checkpoints and last is not None:
+                # Out of checkpoints/ (removed when the stage commits), into the artifact.
+                os.replace(last, self.dirs.partial / LAST_CHECKPOINT)
+                files["last_checkpoint"] = LAST_CHECKPOINT
             if (self.dirs.partial / LOGS_DIR).is_dir():
                 files.setdefault("logs", LOGS_DIR)  # TensorBoard event files
             if history:
@@ -319,3 +324,4 @@ class StageContext:
 
 
 HISTORY_FILE = "history.jsonl"
+LAST_CHECKPOINT = "last_checkpoint"
