@@ -190,13 +190,16 @@ def _refuse_chained_adapter(artifact: Artifact) -> None:
 
 def _merged_export(artifact: Artifact) -> tuple[Artifact, list[tuple[Path, str]]]:
     """(the artifact as a full model held in a temporary export, the files to upload)."""
+    import atexit
     import dataclasses
+    import shutil
     import tempfile
 
     model = artifact.manifest.model
     if model is None:
         upload_plan(artifact)  # raises the "holds no model" error
     out = Path(tempfile.mkdtemp(prefix="align-export-")) / "model"
+    atexit.register(shutil.rmtree, out.parent, True)  # the upload reads it until then
     export_model(artifact, out)
     manifest = dataclasses.replace(
         artifact.manifest, model=dataclasses.replace(model, type="full", base=None,
