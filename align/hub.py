@@ -27,9 +27,10 @@ from typing import Any, Callable
 
 import yaml
 
-from align.artifacts import Artifact, load_artifact, read_manifest
+from align.artifacts import MANIFEST, Artifact, load_artifact, read_manifest
 from align.errors import AlignError
 from align.kinds import KINDS
+from align.modeling import artifact_base, export_model
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -161,6 +162,55 @@ def _full_weight_files(artifact: Artifact, model_dir: Path) -> list[str]:
                      "(*.safetensors) in its model directory; nothing to push.")
 
 
+def chained_upstream(artifact: Artifact) -> str | None:
+    """For an adapter whose base is not the lineage root but an upstream stage's weights (an
+    upstream artifact, or the merged upstream a QLoRA stage keeps in its `base/`): that upstream's
+    name. A Hub user could not reconstruct such a base from the adapter alone."""
+    model = artifact.manifest.model
+    if model is None or model.type != "adapter" or not model.base:
+        return None
+    base = Path(artifact_base(artifact))
+    if (base / MANIFEST).exists():
+        return base.name
+    if base.exists() and artifact.path.resolve() in base.resolve().parents:
+        return next(iter(artifact.manifest.inputs), "upstream")  # QLoRA's merged upstream
+    return None
+
+
+def _refuse_chained_adapter(artifact: Artifact) -> None:
+    upstream = chained_upstream(artifact)
+    if upstream is None:
+        return
+    raise AlignError(
+        f"artifact '{artifact.name}' is an adapter trained on the weights of upstream stage "
+        f"'{upstream}' (not on the base model), which a Hub user could not reconstruct from "
+        "this adapter: push the standalone merged model instead with `align push "
+        f"{artifact.path} --repo-id ... --merged` (or export it with `align export`).")
+
+
+def _merged_export(artifact: Artifact) -> tuple[Artifact, list[tuple[Path, str]]]:
+    """(the artifact as a full model held in a temporary export, the files to upload)."""
+    import atexit
+    import dataclasses
+    import shutil
+    import tempfile
+
+    model = artifact.manifest.model
+    if model is None:
+        upload_plan(artifact)  # raises the "holds no model" error
+    out = Path(tempfile.mkdtemp(prefix="align-export-")) / "model"
+    atexit.register(shutil.rmtree, out.parent, True)  # the upload reads it until then
+    export_model(artifact, out)
+    manifest = dataclasses.replace(
+        artifact.manifest, model=dataclasses.replace(model, type="full", base=None,
+                                                     path=os.path.relpath(out, artifact.path)))
+    merged = Artifact(artifact.path, manifest)
+    names = _full_weight_files(merged, out) + [n for n in FULL_CONFIG_FILES
+                                              if (out / n).is_file()]
+    names += [n for n in TOKENIZER_FILES if (out / n).is_file()]
+    return merged, [(out / n, n) for n in dict.fromkeys(names)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The model card
 
@@ -244,10 +294,9 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def _has_tokenizer(artifact: Artifact) -> bool:
-    try:
-        return any(repo in TOKENIZER_FILES for _, repo in upload_plan(artifact))
-    except AlignError:
-        return False
+    model = artifact.manifest.model
+    model_dir = artifact.path / model.path if model is not None else None
+    return model_dir is not None and any((model_dir / n).is_file() for n in TOKENIZER_FILES)
 
 
 def _adapter_on_root(artifact: Artifact) -> bool:
@@ -304,7 +353,8 @@ def upstream_stages(artifact: Artifact) -> tuple[list[str], list[str]]:
     return chain[::-1], list(dict.fromkeys(data))
 
 
-def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) -> str:
+def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None,
+               merged: bool = False) -> str:
     """README.md for the repo: Hub metadata, what the model is, its recipe, metrics, usage."""
     manifest = artifact.manifest
     model = manifest.model
@@ -341,6 +391,9 @@ def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) 
     else:
         summary = (f"A {what} fine-tuned from {root_text} ({method}) by the `{manifest.kind}` "
                    f"stage ({kind}) of an align recipe.")
+    if merged:
+        summary += (" The adapter chain is merged into these full weights (`align push --merged`, "
+                    "as `align export` writes them): plain `transformers` loads it.")
     out = [f"---\n{front}---", "", f"# {repo_id.split('/')[-1]}", "", summary]
     if not root_on_hub:
         out += ["", f"The lineage started from a local model (`{scrub_paths(root)}`), not a Hub "
@@ -517,11 +570,12 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
                   revision: str | None = None, commit_message: str | None = None,
                   dry_run: bool = False, token: str | None = None, max_retries: int = 4,
                   retry_delay: float = 2.0, run_report: str | None = None,
-                  endpoint: str | None = None) -> PushResult:
+                  endpoint: str | None = None, merged: bool = False) -> PushResult:
     """Upload an artifact's model and a model card to `repo_id` in one commit.
 
     Rate limits (429) and server errors (5xx) are retried with exponential backoff starting at
-    `retry_delay` seconds; everything else fails at once as an `AlignError`. `dry_run` touches
+    `retry_delay` seconds; everything else fails at once as an `AlignError`. `merged` uploads
+    `align export`'s standalone model (the adapter chain merged) instead. `dry_run` touches
     neither the network nor the token. The endpoint is `endpoint`, else HF_ENDPOINT read now (not
     at import, so a process can be pointed elsewhere), else huggingface_hub's default.
     """
@@ -529,8 +583,13 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
     _check_repo_id(repo_id)
     if revision is not None and (not revision.strip() or revision != revision.strip()):
         raise AlignError(f"'{revision}' is not a branch name.")
-    plan = upload_plan(artifact)
-    card = model_card(artifact, repo_id, run_report)
+    if merged:
+        was_adapter = artifact.manifest.model is not None and artifact.manifest.model.type == "adapter"
+        artifact, plan = _merged_export(artifact)
+    else:
+        _refuse_chained_adapter(artifact)
+        plan = upload_plan(artifact)
+    card = model_card(artifact, repo_id, run_report, merged=merged and was_adapter)
     files = [repo for _, repo in plan] + ["README.md"]
     sizes = {repo: local.stat().st_size for local, repo in plan}
     sizes["README.md"] = len(card.encode())

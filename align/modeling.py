@@ -43,6 +43,64 @@ def resolve_base(recipe: "Recipe") -> str:
     return str(local) if local.exists() else ref
 
 
+def filter_known_warnings() -> None:
+    """Drop library messages that are expected and say nothing actionable (`align --verbose`,
+    or ALIGN_VERBOSE=1, keeps them): the "score.* MISSING" load report of a reward or value
+    model's new head, and the deprecation warning transformers raises on every Trainer build."""
+    import logging
+    import warnings
+
+    if os.environ.get("ALIGN_VERBOSE"):
+        return
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                            category=FutureWarning)
+    target = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, ExpectedNewHead) for f in target.filters):
+        target.addFilter(ExpectedNewHead())
+
+
+def _report_rows(message: str) -> list[tuple[str, str]]:
+    rows = []
+    for line in message.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) >= 2 and cells[0] and cells[0] != "Key" and not set(cells[0]) <= {"-", "+"}:
+            rows.append((cells[0], cells[1]))
+    return rows
+
+
+def _is_new_head_report(message: str) -> bool:
+    if "LOAD REPORT" not in message:
+        return False
+    rows = _report_rows(message)
+    return bool(rows) and all(key.startswith("score.") and status == "MISSING"
+                              for key, status in rows)
+
+
+class ExpectedNewHead:
+    """A logging filter: only the new score head is missing from the checkpoint."""
+
+    def filter(self, record) -> bool:
+        return not _is_new_head_report(record.getMessage())
+
+
+def quiet_progress_without_terminal() -> None:
+    """Without a terminal (a CI log, a file), no carriage-return bars from model loading and
+    saving (transformers, huggingface_hub) or dataset maps (datasets)."""
+    import sys
+
+    if sys.stdout.isatty():
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -126,7 +184,11 @@ def merge_adapter(model, adapter_dir: Path):
     # Merging needs no task wrapper, and a causal-LM adapter merges as well into the same
     # weights under a sequence-classification head (a reward model started from a LoRA SFT).
     config.task_type = None
-    return PeftModel.from_pretrained(model, str(adapter_dir), config=config).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, str(adapter_dir), config=config).merge_and_unload()
+    # Loading an adapter for inference freezes every base weight; the merged model is a start
+    # model like any other (a full fine-tune after a LoRA stage must train all of it).
+    merged.requires_grad_(True)
+    return merged
 
 
 def load_start_model(start: Artifact | str, *, task: str = "causal-lm", dtype=None,
@@ -216,3 +278,81 @@ def count_trainable(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+# -- an adapter's base as PEFT reads it, and the standalone export ------------------------------
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def unmerged_base_marker(upstream: str) -> str:
+    """What an adapter whose base exists only merged in memory records as its base: not a path
+    and not a Hub id (it holds spaces), so `AutoPeftModel*.from_pretrained` refuses it, naming
+    what to do, instead of loading the adapter onto the wrong weights."""
+    return (f"align: this adapter applies to the merged model of the upstream artifact "
+            f"'{upstream}', which is not stored as plain weights; run `align export` on this "
+            f"artifact for a standalone model")
+
+
+def plain_base(final_dir: Path, base: str, partial_dir: Path | None = None) -> str:
+    """The `base_model_name_or_path` that makes PEFT's documented loading
+    (`AutoPeftModelForCausalLM.from_pretrained(<artifact>/model)`) give the model align loads:
+    the absolute path of the base's full weights, or the Hub id; for an adapter upstream
+    (merged only in memory) a marker that refuses to load (`unmerged_base_marker`)."""
+    if partial_dir is not None and not os.path.isabs(base):
+        inner = (partial_dir / base).resolve()
+        if inner.exists() and partial_dir.resolve() in inner.parents:
+            return os.path.normpath(final_dir / base)  # inside this artifact (QLoRA's merged base)
+    # Lexically: the final directory does not exist yet when the manifest is written.
+    local = Path(os.path.normpath(base if os.path.isabs(base) else final_dir / base))
+    if (local / MANIFEST).exists():
+        upstream = load_artifact(local)
+        if upstream.manifest.model is not None and upstream.manifest.model.type == "full":
+            return str(upstream.model_path().resolve())
+        return unmerged_base_marker(upstream.name)
+    if local.exists():
+        return str(local.resolve())
+    return base
+
+
+def set_adapter_base(adapter_dir: Path, value: str) -> None:
+    """Rewrite the adapter config's `base_model_name_or_path` (PEFT records the model it wrapped,
+    which for a merged upstream is the raw root, not the weights the adapter was trained on)."""
+    import json
+
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.exists():
+        return
+    config = json.loads(path.read_text())
+    if config.get("base_model_name_or_path") != value:
+        config["base_model_name_or_path"] = value
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def export_model(artifact: Artifact, out: Path, *, trust_remote_code: bool = False) -> Path:
+    """One standalone model: the artifact's whole adapter chain merged into full weights
+    (safetensors), its tokenizer and chat template; loadable with plain
+    `AutoModelForCausalLM.from_pretrained(out)` (`AutoModelForSequenceClassification` for a
+    reward model)."""
+    from transformers import AutoTokenizer
+
+    ref = artifact.manifest.model
+    if ref is None:
+        raise AlignError(f"artifact '{artifact.name}' ({artifact.manifest.kind} stage) holds no "
+                         "model to export.")
+    if ref.method in ("ptuning", "prefix"):
+        raise AlignError(f"artifact '{artifact.name}' is a {ref.method} adapter: its virtual "
+                         "tokens cannot be merged into weights, so there is no standalone model "
+                         "to export; load it with PEFT on its base.")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise AlignError(f"'{out}' exists and is not empty; export into a new directory.")
+    model = load_artifact_model(artifact, trust_remote_code=trust_remote_code)
+    if ref.task == "sequence-classification" and model.config.pad_token_id is None:
+        tokenizer_pad = load_tokenizer(artifact.tokenizer_path(), trust_remote_code).pad_token_id
+        model.config.pad_token_id = tokenizer_pad
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(artifact.tokenizer_path()),
+                                  trust_remote_code=trust_remote_code).save_pretrained(str(out))
+    return out

@@ -14,6 +14,7 @@ The idk and evaluate stages train nothing: every process loads the whole model u
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -25,7 +26,16 @@ ALL_PROFILES = ("single", "ddp", "zero2", "zero3", "fsdp")
 DESCRIBE = {"single": "one process", "ddp": "data parallel", "zero2": "DeepSpeed ZeRO-2",
             "zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP"}
 # The shipped profiles: a recipe names one by its stem (`accelerate: cpu-ddp`).
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+# From a source checkout, the repository's recipes/; from an installed wheel, the copy it
+# installs under <prefix>/share/align/recipes (pyproject's data-files).
+def shipped_recipes_dir() -> Path:
+    checkout = Path(__file__).resolve().parent.parent / "recipes"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "align" / "recipes"
+
+
+PROFILE_DIR = shipped_recipes_dir() / "accelerate"
 
 
 def profile_path(name_or_path: str) -> Path:

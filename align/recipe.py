@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from align.data.world import WorldConfig, build_world
 from align.errors import AlignError
 from align.kinds import KINDS, get_kind, model_kinds
+from align.trackers import check_report_to
 # Keys align sets itself; a recipe that sets them in `args` is refused rather than ignored.
 RESERVED_ARGS = ("output_dir", "resume_from_checkpoint", "logging_dir", "push_to_hub", "hub_token")
 
@@ -169,6 +170,7 @@ class PushSpec(Strict):
     repo_id: str
     private: bool = False
     revision: str | None = None
+    merged: bool = False  # push `align export`'s standalone model instead of the adapter
 
 
 class Stage(Strict):
@@ -182,6 +184,8 @@ class Stage(Strict):
     # Kind-specific settings that are not TRL config fields (e.g. the IDK builder, evaluation).
     options: dict[str, Any] = Field(default_factory=dict)
     push_to_hub: PushSpec | None = None
+    # Keep the last Trainer checkpoint in the finished artifact (`<stage>/last_checkpoint/`).
+    keep_checkpoints: bool = False
 
     @field_validator("kind")
     @classmethod
@@ -373,6 +377,10 @@ def check_keys(data: Any, model: type[BaseModel], path: list[str], source: str) 
         return
     names = _field_names(model)
     for key, value in data.items():
+        if key not in names and key in TRL_CLI_KEYS:
+            where = ".".join([*path, str(key)])
+            raise RecipeError(f"{source}: '{where}' is a TRL command-line key; in an align "
+                              f"recipe {TRL_CLI_KEYS[key]}.")
         if key not in names:
             suggestion = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.5)
             hint = f" Did you mean '{suggestion[0]}'?" if suggestion else ""
@@ -492,6 +500,45 @@ def _accepts(annotation, value) -> bool:
     return True  # types we cannot check cheaply are left to the config class
 
 
+def _list_element(annotation):
+    """The element type of a `list[X]` (or `list[X] | None`) field that takes no scalar."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _list_element(args[0]) if len(args) == 1 else None
+    if origin is list:
+        args = typing.get_args(annotation)
+        return args[0] if args else Any
+    return None
+
+
+# Keys of TRL's command line (`trl sft --use_peft ...`, its YAML configs) and where align takes them.
+TRL_CLI_KEYS = {
+    "use_peft": "the tuning method is the stage's `method:` block (method: lora, or "
+                "method: {type: lora, lora: {r: 16, alpha: 32}})",
+    "lora_r": "LoRA's rank is `method: {type: lora, lora: {r: ...}}` on the stage",
+    "lora_alpha": "LoRA's alpha is `method: {type: lora, lora: {alpha: ...}}` on the stage",
+    "lora_dropout": "LoRA's dropout is `method: {type: lora, lora: {dropout: ...}}` on the stage",
+    "lora_target_modules": "LoRA's target modules are `method: {type: lora, lora: "
+                           "{target_modules: [...]}}` on the stage",
+    "load_in_4bit": "4-bit training is `method: qlora` on the stage (quantisation settings in "
+                    "`method: {type: qlora, quantization: {...}}`)",
+    "load_in_8bit": "align quantises for QLoRA only (4-bit): `method: qlora` on the stage",
+    "bnb_4bit_quant_type": "it is `method: {type: qlora, quantization: {quant_type: nf4}}`",
+    "use_bnb_nested_quant": "it is `method: {type: qlora, quantization: {double_quant: true}}`",
+    "model_name_or_path": "the model is the recipe's top-level `model: {name_or_path: ...}` "
+                          "(later stages start from the stage named in `from:`)",
+    "model_revision": "it is the recipe's top-level `model: {revision: ...}`",
+    "torch_dtype": "the dtype is the recipe's top-level `model: {dtype: bfloat16}`",
+    "dtype": "the dtype is the recipe's top-level `model: {dtype: bfloat16}`",
+    "trust_remote_code": "it is the recipe's top-level `model: {trust_remote_code: true}`",
+    "attn_implementation": "it is the recipe's top-level `model: {attn_implementation: ...}`",
+    "dataset_name": "datasets are the stage's `data:` block (data: {train: {hub: org/name}})",
+    "dataset_train_split": "it is the source's `split:` in the stage's `data:` block",
+    "dataset_test_split": "eval data is `data: {eval: ...}` or `data: {eval_fraction: 0.05}`",
+}
+
+
 def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -507,15 +554,28 @@ def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in stage.args.items():
         where = f"stages.{name}.args.{key}"
+        if key == "logging_dir":
+            raise RecipeError(f"{recipe.source}: '{where}' is set by align: with `report_to: "
+                              "tensorboard` the event files go to <run_dir>/<stage>/logs/; "
+                              "remove it.")
         if key in RESERVED_ARGS:
             raise RecipeError(f"{recipe.source}: '{where}' is set by align (the run directory and "
                               "resumption are managed per stage); remove it.")
+        if key not in fields and key in TRL_CLI_KEYS:
+            raise RecipeError(f"{recipe.source}: '{where}' is a TRL command-line key; in an "
+                              f"align recipe {TRL_CLI_KEYS[key]}.")
         if key not in fields:
             hint = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
             extra = f" Did you mean '{hint[0]}'?" if hint else ""
             raise RecipeError(f"{recipe.source}: unknown key '{where}': {cls.__name__} has no "
                               f"field '{key}'.{extra}")
+        if key == "report_to":
+            check_report_to(value, where, recipe.source)
         annotation = hints.get(key, fields[key].type)
+        element = _list_element(annotation)
+        if element is not None and not isinstance(value, (list, tuple)) \
+                and _accepts(element, value):
+            stage.args[key] = value = [value]  # TRL's spelling: a scalar where a list is taken
         if not _accepts(annotation, value):
             raise RecipeError(f"{recipe.source}: '{where}' must be {_type_name(annotation)}, "
                               f"got {value!r} ({type(value).__name__}).")

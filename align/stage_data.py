@@ -41,6 +41,7 @@ class PreparedSource:
     problems: list[RowProblem] = field(default_factory=list)   # malformed rows dropped
     too_long: int = 0                                # rows whose prompt reaches max_length
     limit: int | None = None                         # the max_length prompts were measured against
+    ignored: list[str] = field(default_factory=list)  # source columns the conversion left out
 
 
 class StageData:
@@ -90,7 +91,7 @@ class StageData:
         result = convert_rows(rows, source=name, target=target, fmt=src.format,
                               label_column=src.label_column, on_error=self.on_error,
                               keep_columns=target in KEEPS_COLUMNS)
-        out = PreparedSource(name, result.rows, len(rows), result.dropped)
+        out = PreparedSource(name, result.rows, len(rows), result.dropped, ignored=result.ignored)
         tokenizer = self.tokenizer() if self.tokenizer and target in PROMPTED_TARGETS else None
         if tokenizer is not None:
             out.rows, out.too_long, out.limit = fit_prompts(

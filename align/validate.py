@@ -86,6 +86,9 @@ def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate
                 checked.append(f"{name}: {label}: {len(prepared.problems)} malformed rows will "
                                f"be dropped (first: {prepared.problems[0]})")
             checked.append(f"{name}: {label}: {prepared.read_rows} rows OK for {stage.kind}")
+            if prepared.ignored:
+                checked.append(f"{name}: {label}: columns ignored (not read by the "
+                               f"{stage.kind} stage): {', '.join(prepared.ignored)}")
             checked.append(prompt_lengths(name, label, prepared, target, tokenizer))
     return [line for line in checked if line]
 

@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "align"
 # Lowest first; a module belongs to the layer of its longest matching prefix.
 LAYERS = [
     ("errors", "importing", "jsonl"),
-    ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core"),
+    ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core", "trackers"),
     ("kinds", "tiny", "generation"),
     ("recipe", "modeling", "lineage", "stage_data", "stage_hash", "honesty", "ppo"),
-    ("stages", "hub", "report"),
+    ("stages", "hub", "report", "chat"),
     ("runner", "validate"),
     ("cli", "__main__"),
 ]

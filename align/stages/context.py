@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,11 +30,13 @@ from align.distributed import is_sharded, process_state
 from align.errors import AlignError, DataError
 from align.jsonl import write_jsonl
 from align.kinds import model_kinds
-from align.modeling import count_trainable, load_start_model, load_tokenizer, torch_dtype
+from align.modeling import (count_trainable, load_start_model, load_tokenizer, plain_base,
+                            set_adapter_base, torch_dtype)
 from align.recipe import DataSource, Recipe, Stage
 from align.stage_data import StageData
 from align.stage_hash import stage_config
 from align.stages.callbacks import NonFiniteLossCallback
+from align.trackers import LOGS_DIR, uses_tensorboard
 
 # Trainer defaults that suit align's per-stage directories; any of them can be set in `args`.
 TRAINER_DEFAULTS = dict(
@@ -177,7 +180,15 @@ class StageContext:
                                  "(data.eval or data.eval_fraction).")
             args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
                         greater_is_better=False)
+        if "disable_tqdm" not in self.stage.args and not sys.stdout.isatty():
+            # A CI log or a file: one printed line per logging step, no carriage-return bars.
+            args["disable_tqdm"] = True
         args.update(self.stage.args)
+        if uses_tensorboard(args.get("report_to")):
+            # Read by transformers' TensorBoardCallback when the Trainer is built: the event
+            # files land in the artifact (`<stage>/logs/`), not in the checkpoints removed at
+            # the end.
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.dirs.partial / LOGS_DIR)
         if "gradient_checkpointing" in self.stage.args:  # the older name still works
             args.pop("activation_checkpointing", None)
         if args.get("eval_strategy") not in (None, "no") and "eval_steps" not in self.stage.args:
@@ -254,11 +265,22 @@ class StageContext:
         if self.is_main:
             metrics = dict(metrics or {})
             files = dict(files or {})
+            last = self.dirs.last_checkpoint()
+            if self.stage.keep_checkpoints and last is not None:
+                # Out of checkpoints/ (removed when the stage commits), into the artifact.
+                os.replace(last, self.dirs.partial / LAST_CHECKPOINT)
+                files["last_checkpoint"] = LAST_CHECKPOINT
+            if (self.dirs.partial / LOGS_DIR).is_dir():
+                files.setdefault("logs", LOGS_DIR)  # TensorBoard event files
             if history:
                 write_jsonl(self.dirs.partial / HISTORY_FILE, history)
                 files["history"] = HISTORY_FILE
             if self.dropped_rows:
                 metrics["dropped_rows"] = self.dropped_rows
+            if model is not None and model.type == "adapter" and model.base:
+                # PEFT's documented loading must find the weights the adapter trained on.
+                set_adapter_base(self.dirs.partial / model.path,
+                                 plain_base(self.dirs.final, model.base, self.dirs.partial))
             manifest = Manifest(
                 name=self.name, kind=self.stage.kind, status="complete",
                 config_hash=self.config_hash, config=stage_config(self.recipe, self.name),
@@ -298,3 +320,4 @@ class StageContext:
 
 
 HISTORY_FILE = "history.jsonl"
+LAST_CHECKPOINT = "last_checkpoint"
