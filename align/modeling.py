@@ -185,3 +185,108 @@ def count_trainable(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------
+# Model directories checked before any work: shape, config.json, intact safetensors
+
+
+def check_safetensors(path: Path) -> str | None:
+    """Why a .safetensors file is unusable (truncated, corrupt header), or None when its header
+    parses and the tensors it describes end exactly at the end of the file."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8 or length > 100_000_000:
+                return "its header is cut short (the file is truncated or not safetensors)"
+            header = json.loads(f.read(length).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, struct.error):
+        return "its header is not valid safetensors JSON (the file is corrupt)"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object (the file is corrupt)"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            return f"tensor '{name}' has no valid data_offsets (the file is corrupt)"
+        end = max(end, offsets[1])
+    if 8 + length + end != size:
+        return (f"{size} bytes, but its header describes {8 + length + end}: the file is "
+                "truncated or corrupt")
+    return None
+
+
+def check_local_model(path: Path, key: str) -> None:
+    """A local model directory align can load: a directory, config.json that is a JSON object,
+    safetensors weights (an index's shards all present) whose files are intact."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise AlignError(f"'{key}' is {path}, which does not exist (a local model directory was "
+                         "expected; a Hub id has the form owner/name).")
+    if not path.is_dir():
+        raise AlignError(f"'{key}' is {path}, which is a file; a model is a directory holding "
+                         "config.json and *.safetensors weights.")
+    config = path / "config.json"
+    if not config.is_file():
+        raise AlignError(f"'{key}': the model directory {path} has no config.json, so it is not "
+                         "a model transformers can load; point it at the directory that "
+                         "save_pretrained wrote.")
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise AlignError(f"'{key}': {config} is not a valid JSON object; the model directory is "
+                         "damaged.") from None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise AlignError(f"'{key}': {index} is not a valid safetensors index.") from None
+        weights = [path / s for s in shards]
+        missing = [s for s, w in zip(shards, weights) if not w.is_file()]
+        if missing:
+            raise AlignError(f"'{key}': {index} names shards missing from {path}: "
+                             f"{', '.join(missing)}.")
+    else:
+        weights = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if not weights:
+        pickles = sorted(p.name for p in path.glob("*.bin") if p.name != "training_args.bin")
+        extra = (f" (only pickled {', '.join(pickles)}: align loads safetensors only, as "
+                 "pickles can run code when loaded)") if pickles else ""
+        raise AlignError(f"'{key}': the model directory {path} has no *.safetensors weights"
+                         f"{extra}.")
+    for weight in weights:
+        problem = check_safetensors(weight)
+        if problem:
+            raise AlignError(f"'{key}': {weight} cannot be loaded: {problem}. Restore or re-save "
+                             "the model.")
+
+
+def model_layer_count(path: Path) -> int | None:
+    """`num_hidden_layers` (or `n_layer`) from a model directory's config.json, if it says."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    text = config.get("text_config")
+    if isinstance(text, dict) and isinstance(text.get("num_hidden_layers"), int):
+        return text["num_hidden_layers"]
+    return None

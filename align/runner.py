@@ -145,6 +145,8 @@ def profile_path(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
             raise AlignError(f"accelerate profile file not found: {path}")
+        if not path.is_file():
+            raise AlignError(f"accelerate profile {path} is a directory; give a config file.")
         return path
     candidate = PROFILE_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():

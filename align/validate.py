@@ -10,6 +10,8 @@ checked when each stage starts instead.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from align.data.lengths import PROMPTED_TARGETS
 from align.recipe import Recipe, RecipeError, load_recipe
 
@@ -86,12 +88,16 @@ def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate
                 check_columns(rows, QA_COLUMNS | ({"known"} if stage.kind == "evaluate" else set()),
                               label)
             else:
-                result = convert_rows(rows, source=label, target=TARGET_OF_KIND[stage.kind],
-                                      fmt=src.format, label_column=src.label_column,
-                                      on_error=stage.data.on_error)
+                with format_error_names_key(recipe, name, stage, src):
+                    result = convert_rows(rows, source=label, target=TARGET_OF_KIND[stage.kind],
+                                          fmt=src.format, label_column=src.label_column,
+                                          on_error=stage.data.on_error)
                 if result.dropped:
                     checked.append(f"{name}: {label}: {len(result.dropped)} malformed rows will "
                                    f"be dropped (first: {result.dropped[0]})")
+                if result.identical:
+                    checked.append(f"{name}: {label}: {result.identical} preference pairs whose "
+                                   "chosen and rejected are identical will be dropped")
             checked.append(f"{name}: {label}: {len(rows)} rows OK for {stage.kind}")
             if TARGET_OF_KIND.get(stage.kind) in PROMPTED_TARGETS:
                 if tokenizer is False:
@@ -117,3 +123,22 @@ def prompt_lengths(recipe: Recipe, name: str, label: str, rows, result, tokenize
     if dropped:
         return f"{name}: {label}: {dropped} rows whose prompt reaches max_length {limit} will be dropped"
     return f"{name}: {label}: every prompt leaves room for an answer within max_length {limit}"
+
+
+@contextmanager
+def format_error_names_key(recipe: Recipe, name: str, stage, src):
+    """A dataset whose layout (`format`, given or detected) cannot feed the stage: the message
+    also names the recipe, the stage and the source's key path. Row-level problems already name
+    the file and row and pass unchanged."""
+    from align.errors import AlignError, DataError
+    from align.recipe import data_key
+
+    try:
+        yield
+    except AlignError as exc:
+        if isinstance(exc, DataError) and exc.row is not None:
+            raise
+        key = f"stages.{name}.{data_key(stage, src)}"
+        fmt = f"format {src.format!r}" if src.format != "auto" else "format auto-detected"
+        raise RecipeError(f"{recipe.source}: stage '{name}' ({stage.kind}), '{key}.format' "
+                          f"({fmt}): {exc}") from None

@@ -114,6 +114,8 @@ class ConversionResult:
     rows: list[dict]
     dropped: list[RowProblem] = field(default_factory=list)
     fmt: str = ""
+    # Preference pairs left out because chosen and rejected are identical (nothing to learn).
+    identical: int = 0
 
 
 class _RowError(Exception):
@@ -268,7 +270,18 @@ def convert_rows(
             dropped.append(RowProblem(number, exc.column, exc.reason))
     if not out:
         raise DataError(f"all {count} rows are malformed; the first: {dropped[0]}", path=source)
-    return ConversionResult(rows=out, dropped=dropped, fmt=fmt)
+    out, identical = drop_identical_pairs(out, source) if target == "preference" else (out, 0)
+    return ConversionResult(rows=out, dropped=dropped, fmt=fmt, identical=identical)
+
+
+def drop_identical_pairs(rows: list[dict], source: str) -> tuple[list[dict], int]:
+    """Leave out preference pairs whose chosen and rejected are the same: they teach nothing
+    (DPO's and a reward model's loss have no gradient there). All of them identical is an error."""
+    kept = [r for r in rows if r.get("chosen") != r.get("rejected")]
+    if rows and not kept:
+        raise DataError(f"all {len(rows)} preference pairs have identical chosen and rejected "
+                        "responses; there is nothing to learn from", path=source)
+    return kept, len(rows) - len(kept)
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,6 +108,9 @@ class StageContext:
                 self.dropped_rows[name] = len(result.dropped)
                 self.log(f"dropped {len(result.dropped)} malformed rows of {name} "
                          f"(first: {result.dropped[0]})")
+            if result.identical:
+                self.log(f"dropped {result.identical} pairs of {name} whose chosen and rejected "
+                         "are identical")
             converted = result.rows
             if target in PROMPTED_TARGETS:
                 converted = self.rows_that_fit(converted, len(rows), result.dropped, name)
