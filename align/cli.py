@@ -54,8 +54,10 @@ def cmd_stage(args) -> int:
     if args.stage not in recipe.stages:
         raise AlignError(f"no stage '{args.stage}' in {args.recipe}; stages: "
                          f"{', '.join(recipe.stages)}")
+    from align.runner import finished_inputs
     from align.stages.context import process_state
 
+    finished_inputs(recipe, args.stage)  # missing or changed upstream artifacts: before any write
     state = process_state()
     launched_by_run = bool(os.environ.get("ALIGN_LAUNCHED"))  # `align run` did both already
     lock = contextlib.nullcontext()

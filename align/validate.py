@@ -128,15 +128,16 @@ def prompt_lengths(recipe: Recipe, name: str, label: str, rows, result, tokenize
 @contextmanager
 def format_error_names_key(recipe: Recipe, name: str, stage, src):
     """A dataset whose layout (`format`, given or detected) cannot feed the stage: the message
-    also names the recipe, the stage and the source's key path. Row-level problems already name
-    the file and row and pass unchanged."""
+    also names the recipe, the stage and the source's key path. Problems of the data itself
+    (rows, files) already name the file and row and pass unchanged."""
+    from align.data.formats import LayoutError
     from align.errors import AlignError, DataError
     from align.recipe import data_key
 
     try:
         yield
     except AlignError as exc:
-        if isinstance(exc, DataError) and exc.row is not None:
+        if isinstance(exc, DataError) and not isinstance(exc, LayoutError):
             raise
         key = f"stages.{name}.{data_key(stage, src)}"
         fmt = f"format {src.format!r}" if src.format != "auto" else "format auto-detected"

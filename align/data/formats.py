@@ -118,6 +118,10 @@ class ConversionResult:
     identical: int = 0
 
 
+class LayoutError(DataError):
+    """The dataset's columns do not fit the layout (`format`) it is read with."""
+
+
 class _RowError(Exception):
     """Raised by readers; convert_rows adds the file and row number the reader cannot know."""
 
@@ -248,7 +252,7 @@ def convert_rows(
         raise AlignError(f"{source}: {refusal}")
     missing = needed - columns
     if missing:
-        raise DataError(
+        raise LayoutError(
             f"the {fmt} layout needs the column(s) {', '.join(sorted(missing))}; "
             f"the dataset has {', '.join(sorted(columns)) or '(none)'}",
             path=source,

@@ -103,14 +103,14 @@ def read_csv_rows(path: Path) -> list[dict]:
             return []
         repeated = sorted({c for c in header if header.count(c) > 1})
         if repeated:
-            raise DataError(f"the header names column(s) {repeated} more than once", path=path,
-                            row="header (line 1)")
+            raise DataError(f"the header (line 1) names column(s) {repeated} more than once; "
+                            "each column needs its own name", path=path)
         rows = []
         for i, fields in enumerate(reader, 1):
             if not fields:
                 continue  # a blank line
             if len(fields) != len(header):
-                raise DataError(f"{len(fields)} fields but the header has {len(header)} columns "
+                raise DataError(f"{len(fields)} field(s) but the header has {len(header)} columns "
                                 f"({', '.join(header)}); quote fields that contain commas",
                                 path=path, row=f"{i} (line {reader.line_num})")
             rows.append(dict(zip(header, fields)))
