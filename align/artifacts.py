@@ -22,6 +22,9 @@ from align.errors import AlignError
 MANIFEST = "artifact.json"
 PROGRESS = "progress.json"
 FORMAT_VERSION = 1
+# Manifests from commits that record `checksums` (format 2): a reader checks every file named
+# and recorded. Manifests of format 1 (older runs, hand-made ones) carry nothing to check against.
+CHECKED_FORMAT = 2
 
 
 @dataclass
@@ -250,6 +253,7 @@ class StageDirs:
         manifest.status = "complete"
         manifest.finished_at = time.time()
         manifest.checksums = record_checksums(self.partial)
+        manifest.format = CHECKED_FORMAT
         write_json_atomic(self.partial / MANIFEST, manifest.to_dict())
         self._promote()
         return Artifact(self.final, manifest)
@@ -343,6 +347,11 @@ def verify_artifact(path: Path, manifest: Manifest) -> None:
                          f"{what}. It was changed after the stage finished; do not trust it. "
                          "Remove the directory and rerun `align run` to rebuild it.")
 
+    if not isinstance(manifest.format, int) or manifest.format < CHECKED_FORMAT:
+        return  # an older manifest: nothing recorded to check against
+    if not isinstance(manifest.checksums, dict) or \
+            (not manifest.checksums and _recorded_files(path)):
+        refuse(f"its manifest (format {manifest.format}) records no checksums for its files")
     named = {f"file '{role}'": rel for role, rel in manifest.files.items()}
     if manifest.model is not None:
         named["model directory"] = manifest.model.path
@@ -351,8 +360,6 @@ def verify_artifact(path: Path, manifest: Manifest) -> None:
     for what, rel in named.items():
         if not isinstance(rel, str) or not (path / rel).exists():
             refuse(f"its {what} '{rel}' is missing")
-    if not isinstance(manifest.checksums, dict):
-        refuse("its recorded checksums are not a mapping")
     for rel, record in manifest.checksums.items():
         file = path / rel
         if not isinstance(record, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():

@@ -564,6 +564,15 @@ def _(tmp):
     return push(directory), ["artifact 'sft'", "'sft.jsonl'", "SHA-256 mismatch"]
 
 
+@case(5, "manifest checksums removed")
+def _(tmp):
+    directory = finished_artifact(tmp / "run")
+    manifest = json.loads((directory / "artifact.json").read_text())
+    del manifest["checksums"]
+    (directory / "artifact.json").write_text(json.dumps(manifest))
+    return evaluate(directory, tmp), ["artifact 'sft'", "records no checksums"]
+
+
 @case(5, "manifest names a file that is not there")
 def _(tmp):
     directory = finished_artifact(tmp / "run")
