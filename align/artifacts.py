@@ -196,6 +196,7 @@ class StageDirs:
         manifest = read_manifest(self.final)
         if manifest is None or (expected_hash and manifest.config_hash != expected_hash):
             return None
+        verify_artifact(self.final, manifest)  # up to date only if it is what the stage wrote
         return Artifact(self.final, manifest)
 
     def begin(self, config_hash: str) -> bool:

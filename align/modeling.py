@@ -48,6 +48,13 @@ def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
     except ValueError as exc:
         refuse_remote_code(ref, exc)
         raise
+    except (OSError, AlignError):
+        raise
+    except Exception as exc:  # tokenizers' own parse errors of a damaged tokenizer.json
+        if not Path(ref).is_dir():
+            raise
+        raise AlignError(f"could not load the tokenizer in {ref}: {' '.join(str(exc).split())}. "
+                         "Its files are damaged; restore them or rebuild the artifact.") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -70,6 +77,8 @@ def load_full(ref: str | Path, *, task: str = "causal-lm", dtype=None, quantizat
         kw["quantization_config"] = quantization
     if task == "sequence-classification":
         kw.setdefault("num_labels", 1)
+    if Path(ref).exists():  # a local directory: its shape and weights, before transformers reads it
+        check_local_model(Path(ref), None)
     try:
         return _auto_class(task).from_pretrained(str(ref), **kw)
     except OSError as exc:
@@ -226,39 +235,40 @@ def check_safetensors(path: Path) -> str | None:
     return None
 
 
-def check_local_model(path: Path, key: str) -> None:
+def check_local_model(path: Path, key: str | None) -> None:
     """A local model directory align can load: a directory, config.json that is a JSON object,
     safetensors weights (an index's shards all present) whose files are intact."""
     import json
 
     path = Path(path)
+    lead = f"'{key}': " if key else "model: "
     if not path.exists():
-        raise AlignError(f"'{key}' is {path}, which does not exist (a local model directory was "
+        raise AlignError(f"{lead}{path} does not exist (a local model directory was "
                          "expected; a Hub id has the form owner/name).")
     if not path.is_dir():
-        raise AlignError(f"'{key}' is {path}, which is a file; a model is a directory holding "
+        raise AlignError(f"{lead}{path} is a file; a model is a directory holding "
                          "config.json and *.safetensors weights.")
     config = path / "config.json"
     if not config.is_file():
-        raise AlignError(f"'{key}': the model directory {path} has no config.json, so it is not "
+        raise AlignError(f"{lead}the model directory {path} has no config.json, so it is not "
                          "a model transformers can load; point it at the directory that "
                          "save_pretrained wrote.")
     try:
         if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
             raise ValueError
     except (ValueError, UnicodeDecodeError):
-        raise AlignError(f"'{key}': {config} is not a valid JSON object; the model directory is "
+        raise AlignError(f"{lead}{config} is not a valid JSON object; the model directory is "
                          "damaged.") from None
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-            raise AlignError(f"'{key}': {index} is not a valid safetensors index.") from None
+            raise AlignError(f"{lead}{index} is not a valid safetensors index.") from None
         weights = [path / s for s in shards]
         missing = [s for s, w in zip(shards, weights) if not w.is_file()]
         if missing:
-            raise AlignError(f"'{key}': {index} names shards missing from {path}: "
+            raise AlignError(f"{lead}{index} names shards missing from {path}: "
                              f"{', '.join(missing)}.")
     else:
         weights = sorted(p for p in path.glob("*.safetensors") if p.is_file())
@@ -266,12 +276,12 @@ def check_local_model(path: Path, key: str) -> None:
         pickles = sorted(p.name for p in path.glob("*.bin") if p.name != "training_args.bin")
         extra = (f" (only pickled {', '.join(pickles)}: align loads safetensors only, as "
                  "pickles can run code when loaded)") if pickles else ""
-        raise AlignError(f"'{key}': the model directory {path} has no *.safetensors weights"
+        raise AlignError(f"{lead}the model directory {path} has no *.safetensors weights"
                          f"{extra}.")
     for weight in weights:
         problem = check_safetensors(weight)
         if problem:
-            raise AlignError(f"'{key}': {weight} cannot be loaded: {problem}. Restore or re-save "
+            raise AlignError(f"{lead}{weight} cannot be loaded: {problem}. Restore or re-save "
                              "the model.")
 
 

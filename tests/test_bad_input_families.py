@@ -107,8 +107,10 @@ def finished_artifact(run_dir: Path, name: str = "sft", partial: bool = False) -
     dirs = StageDirs(run_dir, name)
     dirs.begin("0" * 16)
     model = model_dir(dirs.partial / "model")
-    (model / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}},
-                                                      "added_tokens": []}))
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    Tokenizer(BPE({"a": 0, "</s>": 1}, [])).save(str(model / "tokenizer.json"))
     jsonl(dirs.partial / "sft.jsonl", SFT_ROWS)
     manifest = Manifest(name=name, kind="sft", status="complete", config_hash="0" * 16,
                         config={"stage": {}, "seed": 42, "model": {}, "world": None},
@@ -347,6 +349,27 @@ def _(tmp):
     (model / "model.safetensors").write_bytes(struct.pack("<Q", 12) + b"{not json}!!" + b"\0" * 8)
     return validate(recipe(tmp, model={"name_or_path": str(model)})), \
         ["model.safetensors", "corrupt"]
+
+
+@case(2, "truncated weights in an older artifact")
+def _(tmp):
+    directory = finished_artifact(tmp / "run")  # then made a format-1 manifest (no checksums)
+    manifest = json.loads((directory / "artifact.json").read_text())
+    manifest.update(format=1, checksums={})
+    (directory / "artifact.json").write_text(json.dumps(manifest))
+    weights = directory / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4])
+    return evaluate(directory, tmp), ["model.safetensors cannot be loaded", "truncated"]
+
+
+@case(2, "damaged tokenizer in an artifact")
+def _(tmp):
+    directory = finished_artifact(tmp / "run")
+    manifest = json.loads((directory / "artifact.json").read_text())
+    manifest.update(format=1, checksums={})
+    (directory / "artifact.json").write_text(json.dumps(manifest))
+    (directory / "model" / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    return evaluate(directory, tmp), ["could not load the tokenizer", "run/sft/model", "damaged"]
 
 
 @case(2, "accelerate profile path is a directory")
