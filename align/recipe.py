@@ -926,9 +926,22 @@ def check_world_settings(recipe: Recipe) -> None:
 
 
 def check_run_dir(recipe: Recipe) -> None:
-    """The run directory can be created and written (found now, not after a stage trained)."""
+    """The run directory can be created and written (found now, not after a stage trained); the
+    default one, `runs/<name>`, stays under `runs/`. Each `push_to_hub.repo_id` is a repo id."""
     from align.artifacts import check_writable_dir
+    from align.hub import _check_repo_id
 
+    if recipe.run_dir is None and (not STAGE_NAME.match(recipe.name) or ".." in recipe.name):
+        raise RecipeError(f"{recipe.source}: 'name' is {recipe.name!r}, and without `run_dir` the "
+                          "run directory is runs/<name>: use letters, digits, '_', '-' and single "
+                          "dots, or set `run_dir`.")
+    for name, stage in recipe.stages.items():
+        if stage.push_to_hub is not None:
+            try:
+                _check_repo_id(stage.push_to_hub.repo_id)
+            except AlignError as exc:
+                raise RecipeError(f"{recipe.source}: 'stages.{name}.push_to_hub.repo_id': "
+                                  f"{exc}") from None
     try:
         check_writable_dir(recipe.output_dir(), "the run directory")
     except AlignError as exc:

@@ -379,6 +379,12 @@ def _(tmp):
         ["mine.yaml", "is a directory"]
 
 
+@case(2, "accelerate profile not UTF-8")
+def _(tmp):
+    (tmp / "mine.yaml").write_bytes(b"num_processes: 1\n# caf\xe9\n")
+    return run(recipe(tmp), "--accelerate", str(tmp / "mine.yaml")), ["mine.yaml", "not UTF-8"]
+
+
 @case(2, "bad data beside a finished artifact")
 def _(tmp):
     finished_artifact(tmp / "run")  # byte-identical afterwards (the snapshot check)
@@ -476,6 +482,22 @@ def _(tmp):
     stages = {"sft": {"kind": "sft", "data": "sft.jsonl"},
               "SFT": {"kind": "sft", "data": "sft.jsonl"}}
     return run(recipe(tmp, stages)), ["recipe.yaml", "'sft' and 'SFT'", "differ only by case"]
+
+
+@case(3, "recipe name that leaves runs/")
+def _(tmp):
+    path = recipe(tmp)
+    data = yaml.safe_load(Path(path).read_text())
+    del data["run_dir"]
+    data["name"] = "../../escape"
+    Path(path).write_text(yaml.safe_dump(data))
+    return run(path), ["recipe.yaml", "'name' is '../../escape'", "runs/<name>"]
+
+
+@case(2, "push target that is not a repo id")
+def _(tmp):
+    path = sft_with(tmp, push_to_hub={"repo_id": "not a repo"})
+    return run(path), ["stages.sft.push_to_hub.repo_id", "owner/name"]
 
 
 @case(3, "recipe with no stages")
