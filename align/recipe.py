@@ -8,6 +8,7 @@ the key path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -726,8 +727,11 @@ def build_stage_config(cls, args: dict[str, Any], where: str, source: str):
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     logging.disable(logging.WARNING)
+    environ = dict(os.environ)
     try:
-        return cls(output_dir=os.path.join(os.sep, "nonexistent", "align-validate"), **given)
+        with _process_state_kept():
+            return _without_devices(cls)(
+                output_dir=os.path.join(os.sep, "nonexistent", "align-validate"), **given)
     except Exception as exc:  # the classes raise ValueError, TypeError, KeyError, ...
         message = " ".join(str(exc).split()) or type(exc).__name__
         key = _blamed_key(message, given)
@@ -737,6 +741,40 @@ def build_stage_config(cls, args: dict[str, Any], where: str, source: str):
     finally:
         logging.disable(logging.NOTSET)
         hf_logging.set_verbosity(previous)
+        if dict(os.environ) != environ:  # __post_init__ exports some settings for accelerate
+            os.environ.clear()
+            os.environ.update(environ)
+
+
+def _without_devices(cls):
+    """`cls` whose instances do not set up devices: TrainingArguments.__post_init__ otherwise
+    resets accelerate's process-wide state and starts its own, which belongs to the stage."""
+    import torch
+
+    def _setup_devices(self):
+        self._n_gpu = 0
+        return torch.device("cpu")
+
+    return type(cls.__name__, (cls,), {"_setup_devices": property(_setup_devices),
+                                       "__module__": cls.__module__})
+
+
+@contextlib.contextmanager
+def _process_state_kept():
+    """accelerate's shared process state exactly as it was, whatever the block does to it."""
+    try:
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+    except ImportError:
+        yield
+        return
+    saved = [(c, dict(c._shared_state)) for c in (PartialState, AcceleratorState, GradientState)]
+    try:
+        yield
+    finally:
+        for c, state in saved:
+            if c._shared_state != state:
+                c._shared_state.clear()
+                c._shared_state.update(state)
 
 
 def _blamed_key(message: str, args: dict[str, Any]) -> str | None:
