@@ -300,3 +300,23 @@ def model_layer_count(path: Path) -> int | None:
     if isinstance(text, dict) and isinstance(text.get("num_hidden_layers"), int):
         return text["num_hidden_layers"]
     return None
+
+
+def module_names(path: Path | None) -> list[str] | None:
+    """The module names of the model in a local directory (None: the tiny model's Llama
+    architecture), built on the meta device from its config: no weights are read. None when the
+    config cannot be read this way (custom code, unknown architecture)."""
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+        if path is None:
+            config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+                                 num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+        else:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        return [name for name, _ in model.named_modules() if name]
+    except Exception:  # any failure only means this check cannot be made here
+        return None

@@ -1005,6 +1005,7 @@ def check_base_model(recipe: Recipe) -> None:
             except AlignError as exc:
                 raise RecipeError(f"{recipe.source}: {exc}") from None
             layers = model_layer_count(local)
+    check_target_modules(recipe)
     if layers is None:
         return
     for stage_name, stage in recipe.stages.items():
@@ -1012,3 +1013,41 @@ def check_base_model(recipe: Recipe) -> None:
             raise RecipeError(f"{recipe.source}: 'stages.{stage_name}.method.trainable_layers' is "
                               f"{stage.method.trainable_layers}, but the model ({name}) has only "
                               f"{layers} layers; use at most {layers}.")
+
+
+def check_target_modules(recipe: Recipe) -> None:
+    """`method.lora.target_modules` of lora / qlora stages name modules the base model has (as
+    PEFT matches them: the whole name, or its last dotted parts; a string is a regular
+    expression, except "all-linear")."""
+    stages = [(n, s) for n, s in recipe.stages.items() if s.method.type in ("lora", "qlora")
+              and s.method.lora.target_modules != "all-linear"]
+    if not stages:
+        return
+    from align.modeling import module_names
+
+    name = recipe.model.name_or_path
+    if name == "tiny":
+        names = module_names(None)
+    else:
+        local = recipe.resolve_path(name)
+        names = module_names(local) if local.is_dir() else None
+    if not names:
+        return
+    for stage_name, stage in stages:
+        targets = stage.method.lora.target_modules
+        where = f"stages.{stage_name}.method.lora.target_modules"
+        if isinstance(targets, str):
+            try:
+                found = any(re.fullmatch(targets, n) for n in names)
+            except re.error as exc:
+                raise RecipeError(f"{recipe.source}: '{where}' is {targets!r}, not a valid regular "
+                                  f"expression ({exc}).") from None
+            missing = [] if found else [targets]
+        else:
+            missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+            hint = difflib.get_close_matches(missing[0], leaves, n=1)
+            extra = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise RecipeError(f"{recipe.source}: '{where}' names {missing}, which the model "
+                              f"({name}) does not have.{extra} Its modules: {', '.join(leaves)}.")

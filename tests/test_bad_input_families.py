@@ -552,6 +552,13 @@ def _(tmp):
         ["stages.dpo.method.trainable_layers", "is 3", "only 2 layers"]
 
 
+@case(4, "LoRA target modules the model does not have")
+def _(tmp):
+    path = sft_with(tmp, method={"type": "lora", "lora": {"target_modules": ["q_proj", "qkv"]}})
+    return run(path), ["recipe.yaml", "stages.sft.method.lora.target_modules", "['qkv']",
+                       "q_proj"]
+
+
 # -- 5. artifacts that are not what they claim -------------------------------------------------
 
 @case(5, "push a .partial directory with a complete manifest")
