@@ -32,7 +32,7 @@ def read_local(path: Path) -> list[dict]:
                         path=path)
     if suffix == ".jsonl":
         rows = []
-        for line_no, line in enumerate(read_text(path).split("\n"), 1):
+        for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
             if not line.strip():
                 continue
             try:
