@@ -849,3 +849,19 @@ def test_safetensors_check_accepts_real_weights(tmp_path):
     assert check_safetensors(tmp_path / "m.safetensors") is None
     os.truncate(tmp_path / "m.safetensors", (tmp_path / "m.safetensors").stat().st_size - 1)
     assert "truncated" in check_safetensors(tmp_path / "m.safetensors")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_run_dir_without_write_permission_is_refused_before_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    path = recipe(tmp_path, run_dir=str(locked / "run"))
+    locked.chmod(0o500)
+    try:
+        code, _, err = run_cli(run(path), capsys)
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "Traceback" not in err
+    assert "'run_dir'" in err and "no write permission" in err
+    assert list(locked.iterdir()) == []
