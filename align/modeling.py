@@ -262,7 +262,8 @@ def check_local_model(path: Path, key: str | None) -> None:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise AlignError(f"{lead}{index} is not a valid safetensors index.") from None
         weights = [path / s for s in shards]

@@ -53,7 +53,8 @@ def classify_file(path: Path) -> str:
     except yaml.YAMLError as exc:
         raise AlignError(f"accelerate profile {path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError:
-        raise AlignError(f"accelerate profile {path} is not UTF-8 text; save it as UTF-8.") from None
+        raise AlignError(f"accelerate profile {path} is not UTF-8 text; save it as "
+                         "UTF-8.") from None
     if not isinstance(config, dict):
         raise AlignError(f"accelerate profile {path} must be a mapping of accelerate settings.")
     try:

@@ -234,7 +234,7 @@ class RecipeLoader(yaml.SafeLoader):
 
 
 class DuplicateKeyError(yaml.MarkedYAMLError):
-    """A YAML mapping that gives the same key twice (the second would silently replace the first)."""
+    """A YAML mapping that gives a key twice (the second would silently replace the first)."""
 
 
 def _construct_mapping_refusing_duplicates(loader, node, deep=False):
@@ -314,7 +314,8 @@ def load_yaml(path: Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         if isinstance(exc, DuplicateKeyError):
-            raise RecipeError(f"{path}: duplicate key{where}: {problem}. Give each key once.") from None
+            raise RecipeError(f"{path}: duplicate key{where}: {problem}. Give each key "
+                              "once.") from None
         if isinstance(exc, yaml.constructor.ConstructorError):
             raise RecipeError(f"{path}: unsupported YAML tag{where}: {problem}. Recipes are plain "
                               "YAML (loaded safely: tags that build Python objects are refused); "
@@ -329,7 +330,8 @@ def read_recipe_text(path: Path) -> str:
     """The recipe's text: a regular file, UTF-8 (a leading byte-order mark is allowed)."""
     if not path.is_file():
         what = "a directory" if path.is_dir() else "not a regular file"
-        raise RecipeError(f"{path}: the recipe path is {what}; give the path of a recipe YAML file.")
+        raise RecipeError(f"{path}: the recipe path is {what}; give the path of a recipe YAML "
+                          "file.")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -779,7 +781,8 @@ def _process_state_kept():
 
 def _blamed_key(message: str, args: dict[str, Any]) -> str | None:
     """The arg a config class's message is about: named in it, or whose value it quotes."""
-    named = [k for k in args if re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", message)]
+    named = [k for k in args
+             if re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", message)]
     if named:
         return max(named, key=len)
     for key, value in args.items():
@@ -802,7 +805,8 @@ def _choices(field) -> list[str] | None:
     return values or None
 
 
-# Numeric args and what a trainer needs of them: (minimum, minimum allowed?, maximum, maximum allowed?)
+# Numeric args and what a trainer needs of them:
+# (minimum, minimum allowed?, maximum, maximum allowed?)
 POSITIVE = (0, False, None, False)
 AT_LEAST_1 = (1, True, None, False)
 NOT_NEGATIVE = (0, True, None, False)
@@ -911,7 +915,8 @@ def check_stage_options(recipe: Recipe, name: str, stage: Stage) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
                     (key == "top_p" and value > 1):
                 rule = "in (0, 1]" if key == "top_p" else "positive"
-                raise RecipeError(f"{recipe.source}: '{where}.{key}' must be {rule}, got {value!r}.")
+                raise RecipeError(f"{recipe.source}: '{where}.{key}' must be {rule}, got "
+                                  f"{value!r}.")
     elif stage.kind == "evaluate":
         from align.stages.evaluate import OPTIONS
 

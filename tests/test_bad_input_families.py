@@ -301,7 +301,8 @@ def _(tmp):
 def _(tmp):
     path = recipe(tmp)
     good = json.dumps(SFT_ROWS[0]).encode()
-    (tmp / "sft.jsonl").write_bytes(good + b"\n" + good.replace(b"Kathilland", b"K\xe4thilland") + b"\n")
+    latin1 = good.replace(b"Kathilland", b"K\xe4thilland")
+    (tmp / "sft.jsonl").write_bytes(good + b"\n" + latin1 + b"\n")
     return run(path), ["sft.jsonl, row 2", "not UTF-8"]
 
 
@@ -784,7 +785,8 @@ def test_byte_order_mark_is_read(suffix, tmp_path, capsys, monkeypatch):
     elif suffix == ".json":
         text = json.dumps(rows)
     else:
-        text = "prompt,completion\r\n" + "".join(f"{r['prompt']},{r['completion']}\r\n" for r in rows)
+        lines = "".join(f"{r['prompt']},{r['completion']}\r\n" for r in rows)
+        text = "prompt,completion\r\n" + lines
     data = tmp_path / f"rows{suffix}"
     data.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert read_local(data) == rows
