@@ -60,7 +60,9 @@ def cmd_stage(args) -> int:
         raise AlignError(f"no stage '{args.stage}' in {args.recipe}; stages: "
                          f"{', '.join(recipe.stages)}")
     from align.distributed import process_state
+    from align.runner import finished_inputs
 
+    finished_inputs(recipe, args.stage)  # missing or changed upstream artifacts: before any write
     state = process_state()
     launched_by_run = bool(os.environ.get("ALIGN_LAUNCHED"))  # `align run` did both already
     lock = contextlib.nullcontext()
@@ -125,10 +127,19 @@ def cmd_tiny(args) -> int:
     from align.data.world import WorldConfig
     from align.tiny import TinyConfig, build_tiny, count_parameters
 
+    if args.out:
+        check_out_option(args.out)
     config = TinyConfig(world=WorldConfig(seed=args.world_seed, n_entities=args.entities))
     out = build_tiny(config, args.out)
     print(f"tiny model ({count_parameters(out):,} parameters) and tokenizer in {out}")
     return 0
+
+
+def check_out_option(out: str) -> None:
+    """`--out` can be written: found before any model loads or generates, not after."""
+    from align.artifacts import check_writable_dir
+
+    check_writable_dir(Path(out), "--out")
 
 
 def read_qa(path: str, need_known: bool) -> list[dict]:
@@ -141,6 +152,7 @@ def cmd_eval(args) -> int:
     from align.artifacts import load_artifact
     from align.stages.evaluate import evaluate_artifacts, write_evaluation
 
+    check_out_option(args.out)
     artifacts = {}
     for path in args.artifacts:
         artifact = load_artifact(path)
@@ -159,6 +171,7 @@ def cmd_idk_build(args) -> int:
     from align.honesty.judge import Judge
     from align.modeling import load_artifact_model, load_tokenizer
 
+    check_out_option(args.out)
     artifact = load_artifact(args.artifact)
     config = ProbeConfig.from_options({"k": args.k, "temperature": args.temperature,
                                        "known_threshold": args.known_threshold,

@@ -31,6 +31,7 @@ from align.artifacts import MANIFEST, Artifact, load_artifact, read_manifest
 from align.errors import AlignError
 from align.kinds import KINDS
 from align.modeling import artifact_base, export_model
+from align.recipe import HUB_ID, check_repo_id
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -64,7 +65,6 @@ METHOD_TEXT = {
 # tokens ("</s>") intact.
 _ABS_PATH = re.compile(r"(?<![\w.~:/\\<-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`<>|,;()\[\]{}]+")
 _WHOLE_ABS_PATH = re.compile(r"^(?:~|[A-Za-z]:)?[/\\]\S*$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _merged_export(artifact: Artifact) -> tuple[Artifact, list[tuple[Path, str]]
 def looks_like_hub_id(value: str | None) -> bool:
     """`owner/name` that is not an existing local directory (the same rule transformers applies
     when it decides between loading locally and downloading)."""
-    if not value or not _HUB_ID.match(value) or ".." in value or "--" in value:
+    if not value or not HUB_ID.match(value) or ".." in value or "--" in value:
         return False
     return not os.path.isdir(value)
 
@@ -466,14 +466,6 @@ def _resolve_token(token: str | None) -> str:
                      "https://huggingface.co/settings/tokens).")
 
 
-def _check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not _HUB_ID.match(repo_id) or ".." in repo_id \
-            or "--" in repo_id:
-        raise AlignError(f"'{repo_id}' is not a Hub repo id: use owner/name (your user or "
-                         "organisation, a slash, then the repo name; letters, digits, '-', '_', "
-                         "'.').")
-
-
 def _file_content(local: Path, repo_path: str, artifact: Artifact) -> Path | bytes:
     """The file as uploaded: unchanged, except local paths where libraries record a model's
     origin (e.g. an adapter's `base_model_name_or_path`)."""
@@ -580,7 +572,7 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
     at import, so a process can be pointed elsewhere), else huggingface_hub's default.
     """
     artifact = load_artifact(artifact_path)
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if revision is not None and (not revision.strip() or revision != revision.strip()):
         raise AlignError(f"'{revision}' is not a branch name.")
     if merged:

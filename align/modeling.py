@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from align.artifacts import MANIFEST, Artifact, load_artifact
 from align.errors import AlignError
 from align.tiny import TinyConfig, build_tiny
 
-if TYPE_CHECKING:
-    from align.recipe import MethodSpec, Recipe
-
+# Functions here take a recipe's `model` settings and a stage's `method` (recipe.MethodSpec) as
+# plain objects: the recipe module imports this one to check model directories.
 # torch, transformers and peft are imported inside the functions that use them: `align validate`
 # imports this module, and importing peft alone costs it seconds (26 s on a loaded 2-core
 # machine, against 1.3 s for all of `align.validate` without it).
@@ -34,7 +32,7 @@ def torch_dtype(name: str | None):
     return getattr(torch, DTYPES[name])
 
 
-def resolve_base(recipe: "Recipe") -> str:
+def resolve_base(recipe) -> str:
     """The recipe's base model as a loadable reference (the tiny model is built on demand)."""
     if recipe.model.name_or_path == "tiny":
         return str(build_tiny(TinyConfig.from_dict({**recipe.model.tiny, "world": recipe.world})))
@@ -109,6 +107,13 @@ def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
     except ValueError as exc:
         refuse_remote_code(ref, exc)
         raise
+    except (OSError, AlignError):
+        raise
+    except Exception as exc:  # tokenizers' own parse errors of a damaged tokenizer.json
+        if not Path(ref).is_dir():
+            raise
+        raise AlignError(f"could not load the tokenizer in {ref}: {' '.join(str(exc).split())}. "
+                         "Its files are damaged; restore them or rebuild the artifact.") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -131,6 +136,8 @@ def load_full(ref: str | Path, *, task: str = "causal-lm", dtype=None, quantizat
         kw["quantization_config"] = quantization
     if task == "sequence-classification":
         kw.setdefault("num_labels", 1)
+    if Path(ref).exists():  # a local directory: its shape and weights, before transformers reads it
+        check_local_model(Path(ref), None)
     try:
         return _auto_class(task).from_pretrained(str(ref), **kw)
     except OSError as exc:
@@ -192,7 +199,7 @@ def merge_adapter(model, adapter_dir: Path):
 
 
 def load_start_model(start: Artifact | str, *, task: str = "causal-lm", dtype=None,
-                     method: "MethodSpec | None" = None, merged_dir: Path | None = None,
+                     method=None, merged_dir: Path | None = None,
                      is_main: bool = True, wait=lambda: None, **kwargs):
     """The model a stage starts from: an upstream artifact exactly (adapters merged) or the base
     model (`start` a loadable path or id), 4-bit when `method` is qlora.
@@ -217,7 +224,7 @@ def load_start_model(start: Artifact | str, *, task: str = "causal-lm", dtype=No
     return load_full(source, task=task, dtype=q.bnb_4bit_compute_dtype, quantization=q, **kwargs)
 
 
-def quantization_config(method: "MethodSpec"):
+def quantization_config(method):
     from transformers import BitsAndBytesConfig
 
     q = method.quantization
@@ -227,7 +234,7 @@ def quantization_config(method: "MethodSpec"):
                               bnb_4bit_quant_storage=torch_dtype(q.compute_dtype))
 
 
-def peft_config(method: "MethodSpec", task: str = "causal-lm"):
+def peft_config(method, task: str = "causal-lm"):
     """The PEFT config of a method (None for full and freeze), handed to the TRL trainer."""
     from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, TaskType
 
@@ -356,3 +363,130 @@ def export_model(artifact: Artifact, out: Path, *, trust_remote_code: bool = Fal
     AutoTokenizer.from_pretrained(str(artifact.tokenizer_path()),
                                   trust_remote_code=trust_remote_code).save_pretrained(str(out))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Model directories checked before any work: shape, config.json, intact safetensors
+
+
+def check_safetensors(path: Path) -> str | None:
+    """Why a .safetensors file is unusable (truncated, corrupt header), or None when its header
+    parses and the tensors it describes end exactly at the end of the file."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8 or length > 100_000_000:
+                return "its header is cut short (the file is truncated or not safetensors)"
+            header = json.loads(f.read(length).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, struct.error):
+        return "its header is not valid safetensors JSON (the file is corrupt)"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object (the file is corrupt)"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            return f"tensor '{name}' has no valid data_offsets (the file is corrupt)"
+        end = max(end, offsets[1])
+    if 8 + length + end != size:
+        return (f"{size} bytes, but its header describes {8 + length + end}: the file is "
+                "truncated or corrupt")
+    return None
+
+
+def check_local_model(path: Path, key: str | None) -> None:
+    """A local model directory align can load: a directory, config.json that is a JSON object,
+    safetensors weights (an index's shards all present) whose files are intact."""
+    import json
+
+    path = Path(path)
+    lead = f"'{key}': " if key else "model: "
+    if not path.exists():
+        raise AlignError(f"{lead}{path} does not exist (a local model directory was "
+                         "expected; a Hub id has the form owner/name).")
+    if not path.is_dir():
+        raise AlignError(f"{lead}{path} is a file; a model is a directory holding "
+                         "config.json and *.safetensors weights.")
+    config = path / "config.json"
+    if not config.is_file():
+        raise AlignError(f"{lead}the model directory {path} has no config.json, so it is not "
+                         "a model transformers can load; point it at the directory that "
+                         "save_pretrained wrote.")
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise AlignError(f"{lead}{config} is not a valid JSON object; the model directory is "
+                         "damaged.") from None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise AlignError(f"{lead}{index} is not a valid safetensors index.") from None
+        weights = [path / s for s in shards]
+        missing = [s for s, w in zip(shards, weights) if not w.is_file()]
+        if missing:
+            raise AlignError(f"{lead}{index} names shards missing from {path}: "
+                             f"{', '.join(missing)}.")
+    else:
+        weights = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if not weights:
+        pickles = sorted(p.name for p in path.glob("*.bin") if p.name != "training_args.bin")
+        extra = (f" (only pickled {', '.join(pickles)}: align loads safetensors only, as "
+                 "pickles can run code when loaded)") if pickles else ""
+        raise AlignError(f"{lead}the model directory {path} has no *.safetensors weights"
+                         f"{extra}.")
+    for weight in weights:
+        problem = check_safetensors(weight)
+        if problem:
+            raise AlignError(f"{lead}{weight} cannot be loaded: {problem}. Restore or re-save "
+                             "the model.")
+
+
+def model_layer_count(path: Path) -> int | None:
+    """`num_hidden_layers` (or `n_layer`) from a model directory's config.json, if it says."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    text = config.get("text_config")
+    if isinstance(text, dict) and isinstance(text.get("num_hidden_layers"), int):
+        return text["num_hidden_layers"]
+    return None
+
+
+def module_names(path: Path | None) -> list[str] | None:
+    """The module names of the model in a local directory (None: the tiny model's Llama
+    architecture), built on the meta device from its config: no weights are read. None when the
+    config cannot be read this way (custom code, unknown architecture)."""
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+        if path is None:
+            config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+                                 num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+        else:
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        return [name for name, _ in model.named_modules() if name]
+    except Exception:  # any failure only means this check cannot be made here
+        return None

@@ -44,6 +44,8 @@ def profile_path(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
             raise AlignError(f"accelerate profile file not found: {path}")
+        if not path.is_file():
+            raise AlignError(f"accelerate profile {path} is a directory; give a config file.")
         return path
     candidate = PROFILE_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
@@ -72,12 +74,19 @@ def classify(config: dict) -> str:
 
 def classify_file(path: Path) -> str:
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as exc:
         raise AlignError(f"accelerate profile {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise AlignError(f"accelerate profile {path} is not UTF-8 text; save it as "
+                         "UTF-8.") from None
     if not isinstance(config, dict):
         raise AlignError(f"accelerate profile {path} must be a mapping of accelerate settings.")
-    return classify(config)
+    try:
+        return classify(config)
+    except (ValueError, TypeError, AttributeError) as exc:  # e.g. num_processes: two
+        raise AlignError(f"accelerate profile {path}: a setting has the wrong type ({exc}); "
+                         "num_processes and zero_stage are whole numbers.") from None
 
 
 def running_class() -> str:

@@ -55,7 +55,10 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
         path = run_dir / upstream
         try:
             inputs[upstream] = load_artifact(path)
-        except AlignError:
+        except AlignError as exc:
+            if "does not match its manifest" in str(exc):  # there, finished, but changed since
+                raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}': "
+                                 f"{exc}") from None
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None

@@ -133,6 +133,12 @@ class ConversionResult:
     dropped: list[RowProblem] = field(default_factory=list)
     fmt: str = ""
     ignored: list[str] = field(default_factory=list)  # source columns the conversion left out
+    # Preference pairs left out because chosen and rejected are identical (nothing to learn).
+    identical: int = 0
+
+
+class LayoutError(DataError):
+    """The dataset's columns do not fit the layout (`format`) it is read with."""
 
 
 # Columns a layout reads beyond the ones it needs.
@@ -286,7 +292,7 @@ def convert_rows(
         raise AlignError(f"{source}: {refusal}")
     missing = needed - columns
     if missing:
-        raise DataError(
+        raise LayoutError(
             f"the {fmt} layout needs the column(s) {', '.join(sorted(missing))}; "
             f"the dataset has {', '.join(sorted(columns)) or '(none)'}",
             path=source,
@@ -312,7 +318,19 @@ def convert_rows(
     if not out:
         raise DataError(f"all {count} rows are malformed; the first: {dropped[0]}", path=source)
     ignored = [] if keep_columns else sorted(columns - needed - _OPTIONAL.get(fmt, set()))
-    return ConversionResult(rows=out, dropped=dropped, fmt=fmt, ignored=ignored)
+    out, identical = drop_identical_pairs(out, source) if target == "preference" else (out, 0)
+    return ConversionResult(rows=out, dropped=dropped, fmt=fmt, ignored=ignored,
+                            identical=identical)
+
+
+def drop_identical_pairs(rows: list[dict], source: str) -> tuple[list[dict], int]:
+    """Leave out preference pairs whose chosen and rejected are the same: they teach nothing
+    (DPO's and a reward model's loss have no gradient there). All of them identical is an error."""
+    kept = [r for r in rows if r.get("chosen") != r.get("rejected")]
+    if rows and not kept:
+        raise DataError(f"all {len(rows)} preference pairs have identical chosen and rejected "
+                        "responses; there is nothing to learn from", path=source)
+    return kept, len(rows) - len(kept)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,19 +32,11 @@ from align.jsonl import write_jsonl
 from align.kinds import model_kinds
 from align.modeling import (count_trainable, load_start_model, load_tokenizer, plain_base,
                             set_adapter_base, torch_dtype)
-from align.recipe import DataSource, Recipe, Stage
+from align.recipe import DataSource, Recipe, Stage, trainer_args
 from align.stage_data import StageData
 from align.stage_hash import stage_config
 from align.stages.callbacks import NonFiniteLossCallback
 from align.trackers import LOGS_DIR, uses_tensorboard
-
-# Trainer defaults that suit align's per-stage directories; any of them can be set in `args`.
-TRAINER_DEFAULTS = dict(
-    logging_steps=10, save_strategy="steps", save_steps=50, save_total_limit=2,
-    report_to="none", activation_checkpointing=False, max_grad_norm=1.0,
-    dataloader_num_workers=0, disable_tqdm=False,
-)
-
 
 @dataclass
 class StageContext:
@@ -166,33 +158,22 @@ class StageContext:
 
     # -- training arguments ------------------------------------------------------------------
     def training_args(self, config_cls, has_eval: bool = False, **stage_defaults):
-        args: dict[str, Any] = {**TRAINER_DEFAULTS, **stage_defaults}
-        args["seed"] = self.recipe.seed
-        if not torch.cuda.is_available():
+        if self.stage.early_stopping_patience and not has_eval:
+            raise AlignError(f"stages.{self.name}.early_stopping_patience needs eval data "
+                             "(data.eval or data.eval_fraction).")
+        args = trainer_args(self.recipe, self.stage, has_eval, stage_defaults)
+        if not torch.cuda.is_available() and "use_cpu" not in self.stage.args:
             args["use_cpu"] = True
             if self.state.num_processes > 1:
                 args["ddp_backend"] = "gloo"  # NCCL needs GPUs
-        if has_eval:
-            args.update(eval_strategy="steps", eval_steps=args["save_steps"])
-        if self.stage.early_stopping_patience:
-            if not has_eval:
-                raise AlignError(f"stages.{self.name}.early_stopping_patience needs eval data "
-                                 "(data.eval or data.eval_fraction).")
-            args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
-                        greater_is_better=False)
         if "disable_tqdm" not in self.stage.args and not sys.stdout.isatty():
             # A CI log or a file: one printed line per logging step, no carriage-return bars.
             args["disable_tqdm"] = True
-        args.update(self.stage.args)
         if uses_tensorboard(args.get("report_to")):
             # Read by transformers' TensorBoardCallback when the Trainer is built: the event
             # files land in the artifact (`<stage>/logs/`), not in the checkpoints removed at
             # the end.
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.dirs.partial / LOGS_DIR)
-        if "gradient_checkpointing" in self.stage.args:  # the older name still works
-            args.pop("activation_checkpointing", None)
-        if args.get("eval_strategy") not in (None, "no") and "eval_steps" not in self.stage.args:
-            args["eval_steps"] = args.get("save_steps", 50)
         return config_cls(output_dir=str(self.dirs.checkpoints), **args)
 
     def callbacks(self) -> list:
