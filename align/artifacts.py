@@ -22,6 +22,9 @@ from align.errors import AlignError
 MANIFEST = "artifact.json"
 PROGRESS = "progress.json"
 FORMAT_VERSION = 1
+# Manifests from commits that record `checksums` (format 2): a reader checks every file named
+# and recorded. Manifests of format 1 (older runs, hand-made ones) carry nothing to check against.
+CHECKED_FORMAT = 2
 
 
 @dataclass
@@ -52,6 +55,9 @@ class Manifest:
     model: ModelRef | None = None
     tokenizer: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # role -> relative path
+    # relative path -> {"size": bytes, "sha256": hex} of every file the artifact holds, written at
+    # commit so a reader can tell a truncated, replaced or missing file from what the stage made.
+    checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     started_at: float = 0.0
@@ -171,10 +177,12 @@ def load_artifact(path: str | Path) -> Artifact:
     path = Path(path)
     if not path.exists():
         raise AlignError(f"no artifact at {path}: the directory does not exist.")
+    refuse_unfinished_dir(path)
     manifest = read_manifest(path)
     if manifest is None:
         raise AlignError(f"{path} is not a finished artifact: {MANIFEST} is missing or "
                          "incomplete (the stage did not finish; rerun the recipe to resume it).")
+    verify_artifact(path, manifest)
     return Artifact(path=path, manifest=manifest)
 
 
@@ -192,6 +200,7 @@ class StageDirs:
         manifest = read_manifest(self.final)
         if manifest is None or (expected_hash and manifest.config_hash != expected_hash):
             return None
+        verify_artifact(self.final, manifest)  # up to date only if it is what the stage wrote
         return Artifact(self.final, manifest)
 
     def begin(self, config_hash: str) -> bool:
@@ -248,6 +257,8 @@ class StageDirs:
         """
         manifest.status = "complete"
         manifest.finished_at = time.time()
+        manifest.checksums = record_checksums(self.partial)
+        manifest.format = CHECKED_FORMAT
         write_json_atomic(self.partial / MANIFEST, manifest.to_dict())
         self._promote()
         return Artifact(self.final, manifest)
@@ -278,3 +289,111 @@ class StageDirs:
             return False
         self._promote()
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# An artifact is what its manifest says: finished, and its files as the stage wrote them
+
+PARTIAL_SUFFIX = ".partial"
+# Work-in-progress state that commit removes; never part of a finished artifact.
+NOT_RECORDED = (MANIFEST, PROGRESS)
+
+
+def refuse_unfinished_dir(path: Path) -> None:
+    """A `<stage>.partial/` directory (even one whose manifest is complete, as a kill during a
+    commit leaves it) or a directory with resume state is work in progress, never an artifact."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AlignError(f"{path} is a file, not an artifact directory; give the directory of a "
+                         "finished stage (e.g. runs/NAME/sft).")
+    names = {path.name, path.resolve().name}
+    if any(n.endswith(PARTIAL_SUFFIX) for n in names) or (path / PROGRESS).exists():
+        raise AlignError(f"{path} is a stage's work in progress ({PARTIAL_SUFFIX} directory or "
+                         f"{PROGRESS} present), not a finished artifact; rerun the recipe to "
+                         "finish the stage, then use the directory without .partial.")
+
+
+def _recorded_files(root: Path) -> list[Path]:
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or rel.parts[0] == "checkpoints" or str(rel) in NOT_RECORDED \
+                or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            continue
+        out.append(p)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record_checksums(root: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file of the artifact (not the resume state commit drops)."""
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in _recorded_files(Path(root))}
+
+
+# (path, size, mtime_ns, inode) -> sha256 already verified in this process: loading an upstream
+# artifact for every later stage of a run hashes each file once.
+_VERIFIED: dict[tuple, str] = {}
+
+
+def verify_artifact(path: Path, manifest: Manifest) -> None:
+    """The files the manifest names exist, and every recorded file has its size and hash."""
+    path = Path(path)
+
+    def refuse(what: str) -> None:
+        raise AlignError(f"artifact '{manifest.name}' ({path}) does not match its manifest: "
+                         f"{what}. It was changed after the stage finished; do not trust it. "
+                         "Remove the directory and rerun `align run` to rebuild it.")
+
+    if not isinstance(manifest.format, int) or manifest.format < CHECKED_FORMAT:
+        return  # an older manifest: nothing recorded to check against
+    if not isinstance(manifest.checksums, dict) or \
+            (not manifest.checksums and _recorded_files(path)):
+        refuse(f"its manifest (format {manifest.format}) records no checksums for its files")
+    named = {f"file '{role}'": rel for role, rel in manifest.files.items()}
+    if manifest.model is not None:
+        named["model directory"] = manifest.model.path
+    if manifest.tokenizer:
+        named["tokenizer directory"] = manifest.tokenizer
+    for what, rel in named.items():
+        if not isinstance(rel, str) or not (path / rel).exists():
+            refuse(f"its {what} '{rel}' is missing")
+    for rel, record in manifest.checksums.items():
+        file = path / rel
+        if not isinstance(record, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():
+            refuse(f"its checksum entry for '{rel}' is malformed")
+        if not file.is_file():
+            refuse(f"'{rel}' is missing")
+        stat = file.stat()
+        if stat.st_size != record.get("size"):
+            refuse(f"'{rel}' has {stat.st_size} bytes, the manifest recorded {record.get('size')}")
+        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        digest = _VERIFIED.get(key) or file_sha256(file)
+        if digest != record.get("sha256"):
+            refuse(f"the content of '{rel}' differs from what the stage wrote (SHA-256 mismatch)")
+        _VERIFIED[key] = digest
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """`path` is (or can be made) a directory this process can write: not a file, under no file,
+    on a writable parent. Checked before any work, without creating anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AlignError(f"{what} {path} is a file; a directory is needed there. Give another "
+                         "path or move the file.")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise AlignError(f"{what} {path} cannot be created: {probe} is a file, not a directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise AlignError(f"{what} {path} cannot be written: no write permission in {probe}.")

@@ -1,4 +1,4 @@
-"""`align` command line: run | stage | validate | ls | tiny | eval | push.
+"""`align` command line: run | stage | validate | ls | tiny | eval | push | export | chat.
 
 User errors (AlignError) print one paragraph and exit 2, with no traceback unless `--debug`.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 from align.data.formats import convert_rows
 from align.data.sources import read_local
 from align.errors import AlignError
+from align.profiles import shipped_recipes_dir
 
 # `make demo` and `align run` without a recipe: the whole pipeline, ending in the honesty table.
 DEFAULT_RECIPE = "recipes/tiny/honesty.yaml"
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = shipped_recipes_dir()
 
 
 def default_recipe() -> str:
@@ -59,7 +60,9 @@ def cmd_stage(args) -> int:
         raise AlignError(f"no stage '{args.stage}' in {args.recipe}; stages: "
                          f"{', '.join(recipe.stages)}")
     from align.distributed import process_state
+    from align.runner import finished_inputs
 
+    finished_inputs(recipe, args.stage)  # missing or changed upstream artifacts: before any write
     state = process_state()
     launched_by_run = bool(os.environ.get("ALIGN_LAUNCHED"))  # `align run` did both already
     lock = contextlib.nullcontext()
@@ -77,6 +80,9 @@ def cmd_stage(args) -> int:
 
         was_current = current_artifact(recipe, args.stage) is not None
         artifact = execute_stage(recipe, args.stage)
+        if was_current and state.is_main_process:
+            print(f"{args.stage}: up to date, skipped (its artifact matches the recipe, inputs "
+                  "and data)", flush=True)
         if not (launched_by_run or was_current) and state.is_main_process and artifact is not None:
             from align.runner import push_stage
 
@@ -87,10 +93,19 @@ def cmd_stage(args) -> int:
 def cmd_validate(args) -> int:
     from align.validate import validate_recipe
 
-    for line in validate_recipe(args.recipe, args.overrides, accelerate=args.accelerate):
+    recipe = args.recipe or default_recipe()
+    for line in validate_recipe(recipe, args.overrides, accelerate=args.accelerate):
         print(f"  ok  {line}")
-    print(f"{args.recipe}: valid")
+    print(f"{recipe}: valid")
     return 0
+
+
+def shown_path(path: Path) -> str:
+    """A path that works from the current directory: relative below it, absolute elsewhere."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def cmd_ls(args) -> int:
@@ -101,7 +116,7 @@ def cmd_ls(args) -> int:
             continue
         data = yaml.safe_load(path.read_text()) or {}
         stages = " -> ".join((data.get("stages") or {}).keys())
-        rel = path.relative_to(RECIPES_DIR.parent)
+        rel = shown_path(path)
         print(f"{rel}\n    {data.get('description', '').strip()}\n    stages: {stages}")
     profiles = sorted(p.stem for p in (RECIPES_DIR / "accelerate").glob("*.yaml"))
     print(f"\naccelerate profiles: {', '.join(profiles)}")
@@ -112,10 +127,19 @@ def cmd_tiny(args) -> int:
     from align.data.world import WorldConfig
     from align.tiny import TinyConfig, build_tiny, count_parameters
 
+    if args.out:
+        check_out_option(args.out)
     config = TinyConfig(world=WorldConfig(seed=args.world_seed, n_entities=args.entities))
     out = build_tiny(config, args.out)
     print(f"tiny model ({count_parameters(out):,} parameters) and tokenizer in {out}")
     return 0
+
+
+def check_out_option(out: str) -> None:
+    """`--out` can be written: found before any model loads or generates, not after."""
+    from align.artifacts import check_writable_dir
+
+    check_writable_dir(Path(out), "--out")
 
 
 def read_qa(path: str, need_known: bool) -> list[dict]:
@@ -128,6 +152,7 @@ def cmd_eval(args) -> int:
     from align.artifacts import load_artifact
     from align.stages.evaluate import evaluate_artifacts, write_evaluation
 
+    check_out_option(args.out)
     artifacts = {}
     for path in args.artifacts:
         artifact = load_artifact(path)
@@ -146,6 +171,7 @@ def cmd_idk_build(args) -> int:
     from align.honesty.judge import Judge
     from align.modeling import load_artifact_model, load_tokenizer
 
+    check_out_option(args.out)
     artifact = load_artifact(args.artifact)
     config = ProbeConfig.from_options({"k": args.k, "temperature": args.temperature,
                                        "known_threshold": args.known_threshold,
@@ -167,11 +193,35 @@ def cmd_push(args) -> int:
 
     result = push_artifact(args.artifact, args.repo_id, private=args.private,
                            revision=args.revision, commit_message=args.commit_message,
-                           dry_run=args.dry_run, run_report=run_report_of(args.artifact))
+                           dry_run=args.dry_run, run_report=run_report_of(args.artifact),
+                           merged=args.merged)
     if args.dry_run:
         print(format_plan(result))
     else:
         print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from align.artifacts import load_artifact
+    from align.modeling import export_model
+
+    out = export_model(load_artifact(args.artifact), Path(args.out))
+    print(f"exported {args.artifact} to {out}: one standalone model (safetensors, adapters "
+          "merged), its tokenizer and chat template; load it with "
+          f"AutoModelForCausalLM.from_pretrained(\"{out}\")")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from align.chat import Chat
+
+    chat = Chat(args.artifact, system=args.system, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature)
+    if args.prompt is not None:
+        chat.reply(args.prompt)
+        return 0
+    chat.loop(sys.stdin, interactive=sys.stdin.isatty())
     return 0
 
 
@@ -209,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  align validate recipes/my.yaml\n  align ls",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep the library messages align filters as expected (a new reward "
+                             "head's load report, known deprecation warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def recipe_args(p, optional=False):
@@ -240,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe and its data without training",
                        description="Check the schema, stage references, stage args against the "
                        "TRL config classes, the accelerate profile, and every dataset's rows.")
-    recipe_args(p)
+    recipe_args(p, optional=True)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("ls", help="list the shipped recipes and accelerate profiles")
@@ -293,7 +346,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-message", help="commit message")
     p.add_argument("--dry-run", action="store_true",
                    help="list the files and print the card; no network, no token needed")
+    p.add_argument("--merged", action="store_true",
+                   help="push the standalone model `align export` writes (every adapter merged) "
+                        "instead of the adapter")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("export", help="one standalone model: adapters merged, tokenizer, template",
+                       description="Write the model an artifact holds as one standalone model "
+                       "directory: full weights in safetensors with the whole adapter chain "
+                       "merged, its tokenizer and chat template. Plain "
+                       "`AutoModelForCausalLM.from_pretrained(DIR)` loads it (no align, no PEFT).")
+    p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
+    p.add_argument("--out", required=True, help="a new (or empty) output directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("chat", help="talk to a model artifact (its chat template, streamed)",
+                       description="Chat with the model an artifact holds (adapters merged), "
+                       "through its chat template, tokens streamed as they come. Without "
+                       "--prompt: a multi-turn loop, one user turn per line of input (/clear "
+                       "starts over, /exit or end of input stops).")
+    p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
+    p.add_argument("--prompt", help="ask one question, print the answer and exit")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.set_defaults(func=cmd_chat)
     return parser
 
 
@@ -310,6 +387,8 @@ def quiet_libraries() -> None:
         datasets.disable_progress_bars()
     except ImportError:
         pass
+    if not sys.stdout.isatty():  # a CI log or a file: no carriage-return bars (read by
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers on import)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        os.environ["ALIGN_VERBOSE"] = "1"  # read by modeling.filter_known_warnings
     try:
         return args.func(args)
     except AlignError as exc:

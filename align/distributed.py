@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+import torch
+from accelerate import PartialState
+
 
 def process_state():
     """accelerate's process state; on a machine without GPUs, several processes use gloo.
@@ -26,17 +29,15 @@ def process_state():
     its own (which would otherwise see `accelerate launch --multi_gpu` without CUDA as one
     process). It is the one way align asks which rank it is.
     """
-    # torch and accelerate are imported on use: the CLI imports this module to validate recipes.
-    import torch
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available())
 
 
 def process_rank() -> tuple[int, int]:
-    """(this process's rank, number of processes)."""
-    state = process_state()
-    return state.process_index, state.num_processes
+    """(this process's rank, number of processes) in the process group collectives run over:
+    the one accelerate's state initialised, or one a caller set up itself; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def is_sharded(state) -> bool:
@@ -55,8 +56,6 @@ def is_partitioned(model) -> bool:
 
 def target_device(model):
     """Where generation should run: the process's GPU for a model left on the CPU, else None."""
-    import torch
-
     if not torch.cuda.is_available() or getattr(model, "hf_device_map", None):
         return None
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
 from align.distributed import generation_ready, process_rank
 
 
@@ -22,8 +26,6 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
     Under several processes each generates its share of the questions and every process gets all
     the answers, in order (greedy answers are those of one process; sampled ones differ, as they
     come from other random streams)."""
-    import torch
-
     rank, world = process_rank()
     if seed is not None:
         torch.manual_seed(seed + rank)
@@ -34,8 +36,6 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
 
 
 def all_gather(obj) -> list:
-    import torch.distributed as dist
-
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
@@ -49,9 +49,6 @@ def interleave(shares: list[list]) -> list:
 
 def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_samples, do_sample,
               temperature, top_p, progress) -> list[list[str]]:
-    import torch
-    from tqdm.auto import tqdm
-
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge
     model.eval()

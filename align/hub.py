@@ -27,9 +27,11 @@ from typing import Any, Callable
 
 import yaml
 
-from align.artifacts import Artifact, load_artifact, read_manifest
+from align.artifacts import MANIFEST, Artifact, load_artifact, read_manifest
 from align.errors import AlignError
 from align.kinds import KINDS
+from align.modeling import artifact_base, export_model
+from align.recipe import HUB_ID, check_repo_id
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -63,7 +65,6 @@ METHOD_TEXT = {
 # tokens ("</s>") intact.
 _ABS_PATH = re.compile(r"(?<![\w.~:/\\<-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`<>|,;()\[\]{}]+")
 _WHOLE_ABS_PATH = re.compile(r"^(?:~|[A-Za-z]:)?[/\\]\S*$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 @dataclass
@@ -161,6 +162,55 @@ def _full_weight_files(artifact: Artifact, model_dir: Path) -> list[str]:
                      "(*.safetensors) in its model directory; nothing to push.")
 
 
+def chained_upstream(artifact: Artifact) -> str | None:
+    """For an adapter whose base is not the lineage root but an upstream stage's weights (an
+    upstream artifact, or the merged upstream a QLoRA stage keeps in its `base/`): that upstream's
+    name. A Hub user could not reconstruct such a base from the adapter alone."""
+    model = artifact.manifest.model
+    if model is None or model.type != "adapter" or not model.base:
+        return None
+    base = Path(artifact_base(artifact))
+    if (base / MANIFEST).exists():
+        return base.name
+    if base.exists() and artifact.path.resolve() in base.resolve().parents:
+        return next(iter(artifact.manifest.inputs), "upstream")  # QLoRA's merged upstream
+    return None
+
+
+def _refuse_chained_adapter(artifact: Artifact) -> None:
+    upstream = chained_upstream(artifact)
+    if upstream is None:
+        return
+    raise AlignError(
+        f"artifact '{artifact.name}' is an adapter trained on the weights of upstream stage "
+        f"'{upstream}' (not on the base model), which a Hub user could not reconstruct from "
+        "this adapter: push the standalone merged model instead with `align push "
+        f"{artifact.path} --repo-id ... --merged` (or export it with `align export`).")
+
+
+def _merged_export(artifact: Artifact) -> tuple[Artifact, list[tuple[Path, str]]]:
+    """(the artifact as a full model held in a temporary export, the files to upload)."""
+    import atexit
+    import dataclasses
+    import shutil
+    import tempfile
+
+    model = artifact.manifest.model
+    if model is None:
+        upload_plan(artifact)  # raises the "holds no model" error
+    out = Path(tempfile.mkdtemp(prefix="align-export-")) / "model"
+    atexit.register(shutil.rmtree, out.parent, True)  # the upload reads it until then
+    export_model(artifact, out)
+    manifest = dataclasses.replace(
+        artifact.manifest, model=dataclasses.replace(model, type="full", base=None,
+                                                     path=os.path.relpath(out, artifact.path)))
+    merged = Artifact(artifact.path, manifest)
+    names = _full_weight_files(merged, out) + [n for n in FULL_CONFIG_FILES
+                                              if (out / n).is_file()]
+    names += [n for n in TOKENIZER_FILES if (out / n).is_file()]
+    return merged, [(out / n, n) for n in dict.fromkeys(names)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The model card
 
@@ -168,7 +218,7 @@ def _full_weight_files(artifact: Artifact, model_dir: Path) -> list[str]:
 def looks_like_hub_id(value: str | None) -> bool:
     """`owner/name` that is not an existing local directory (the same rule transformers applies
     when it decides between loading locally and downloading)."""
-    if not value or not _HUB_ID.match(value) or ".." in value or "--" in value:
+    if not value or not HUB_ID.match(value) or ".." in value or "--" in value:
         return False
     return not os.path.isdir(value)
 
@@ -244,10 +294,9 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def _has_tokenizer(artifact: Artifact) -> bool:
-    try:
-        return any(repo in TOKENIZER_FILES for _, repo in upload_plan(artifact))
-    except AlignError:
-        return False
+    model = artifact.manifest.model
+    model_dir = artifact.path / model.path if model is not None else None
+    return model_dir is not None and any((model_dir / n).is_file() for n in TOKENIZER_FILES)
 
 
 def _adapter_on_root(artifact: Artifact) -> bool:
@@ -304,7 +353,8 @@ def upstream_stages(artifact: Artifact) -> tuple[list[str], list[str]]:
     return chain[::-1], list(dict.fromkeys(data))
 
 
-def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) -> str:
+def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None,
+               merged: bool = False) -> str:
     """README.md for the repo: Hub metadata, what the model is, its recipe, metrics, usage."""
     manifest = artifact.manifest
     model = manifest.model
@@ -341,6 +391,9 @@ def model_card(artifact: Artifact, repo_id: str, run_report: str | None = None) 
     else:
         summary = (f"A {what} fine-tuned from {root_text} ({method}) by the `{manifest.kind}` "
                    f"stage ({kind}) of an align recipe.")
+    if merged:
+        summary += (" The adapter chain is merged into these full weights (`align push --merged`, "
+                    "as `align export` writes them): plain `transformers` loads it.")
     out = [f"---\n{front}---", "", f"# {repo_id.split('/')[-1]}", "", summary]
     if not root_on_hub:
         out += ["", f"The lineage started from a local model (`{scrub_paths(root)}`), not a Hub "
@@ -411,14 +464,6 @@ def _resolve_token(token: str | None) -> str:
     raise AlignError("pushing to the Hub needs a token with write access and none was found: "
                      "set HF_TOKEN, or run `hf auth login` once (tokens are created at "
                      "https://huggingface.co/settings/tokens).")
-
-
-def _check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not _HUB_ID.match(repo_id) or ".." in repo_id \
-            or "--" in repo_id:
-        raise AlignError(f"'{repo_id}' is not a Hub repo id: use owner/name (your user or "
-                         "organisation, a slash, then the repo name; letters, digits, '-', '_', "
-                         "'.').")
 
 
 def _file_content(local: Path, repo_path: str, artifact: Artifact) -> Path | bytes:
@@ -517,20 +562,26 @@ def push_artifact(artifact_path: str | Path, repo_id: str, *, private: bool = Fa
                   revision: str | None = None, commit_message: str | None = None,
                   dry_run: bool = False, token: str | None = None, max_retries: int = 4,
                   retry_delay: float = 2.0, run_report: str | None = None,
-                  endpoint: str | None = None) -> PushResult:
+                  endpoint: str | None = None, merged: bool = False) -> PushResult:
     """Upload an artifact's model and a model card to `repo_id` in one commit.
 
     Rate limits (429) and server errors (5xx) are retried with exponential backoff starting at
-    `retry_delay` seconds; everything else fails at once as an `AlignError`. `dry_run` touches
+    `retry_delay` seconds; everything else fails at once as an `AlignError`. `merged` uploads
+    `align export`'s standalone model (the adapter chain merged) instead. `dry_run` touches
     neither the network nor the token. The endpoint is `endpoint`, else HF_ENDPOINT read now (not
     at import, so a process can be pointed elsewhere), else huggingface_hub's default.
     """
     artifact = load_artifact(artifact_path)
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if revision is not None and (not revision.strip() or revision != revision.strip()):
         raise AlignError(f"'{revision}' is not a branch name.")
-    plan = upload_plan(artifact)
-    card = model_card(artifact, repo_id, run_report)
+    if merged:
+        was_adapter = artifact.manifest.model is not None and artifact.manifest.model.type == "adapter"
+        artifact, plan = _merged_export(artifact)
+    else:
+        _refuse_chained_adapter(artifact)
+        plan = upload_plan(artifact)
+    card = model_card(artifact, repo_id, run_report, merged=merged and was_adapter)
     files = [repo for _, repo in plan] + ["README.md"]
     sizes = {repo: local.stat().st_size for local, repo in plan}
     sizes["README.md"] = len(card.encode())

@@ -34,7 +34,8 @@ class StageKind:
     config: str | None = None               # "module:Class" its `args` build (None: no args)
     trainer: str | None = None              # "module:Class" of the trainer, where one is used
     task: str = "causal-lm"                 # the model it produces: causal-lm or sequence-classification
-    needs_from: bool = False                # must start from an upstream model stage
+    needs_from: bool = False                # must start from an upstream model stage (else the
+                                            # recipe's base model is its start and reference)
     default_world: str | None = None        # world split read when the stage has no `data`
     methods: tuple[str, ...] = TUNING_METHODS  # tuning methods it accepts (empty: trains nothing)
     profiles: tuple[str, ...] = ALL_PROFILES  # accelerate profile classes it runs under
@@ -122,7 +123,7 @@ register(StageKind(
     config="trl:RewardConfig", trainer="trl:RewardTrainer", task="sequence-classification"))
 register(StageKind(
     name="ppo", run="align.stages.ppo:run", card="PPO (RLHF against reward sources)",
-    data="prompt_only", config="align.ppo.config:PPOConfig", needs_from=True, reference=True,
+    data="prompt_only", config="align.ppo.config:PPOConfig", reference=True,
     profiles=("single", "ddp"),
     profile_reason="align's PPO generates rollouts from the unwrapped policy and keeps its own "
                    "reference and value models and optimizer, which DeepSpeed and FSDP would "
@@ -138,16 +139,16 @@ register(StageKind(
     options="align.rewards.spec:check_rl_options"))
 register(StageKind(
     name="dpo", run="align.stages.preference:run", card="direct preference optimisation (DPO)",
-    data="preference", config="trl:DPOConfig", trainer="trl:DPOTrainer", needs_from=True,
+    data="preference", config="trl:DPOConfig", trainer="trl:DPOTrainer",
     reference=True))
 register(StageKind(
     name="kto", run="align.stages.preference:run", card="Kahneman-Tversky optimisation (KTO)",
-    data="unpaired", config="trl:KTOConfig", trainer="trl:KTOTrainer", needs_from=True,
+    data="unpaired", config="trl:KTOConfig", trainer="trl:KTOTrainer",
     reference=True))
 register(StageKind(
     name="orpo", run="align.stages.preference:run", card="odds-ratio preference optimisation (ORPO)",
     data="preference", config="trl.experimental.orpo:ORPOConfig",
-    trainer="trl.experimental.orpo:ORPOTrainer", needs_from=True))
+    trainer="trl.experimental.orpo:ORPOTrainer"))
 register(StageKind(
     name="evaluate", run="align.stages.evaluate:run", card="honesty evaluation",
     data="labelled_qa",

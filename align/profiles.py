@@ -14,6 +14,7 @@ The idk and evaluate stages train nothing: every process loads the whole model u
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -25,7 +26,16 @@ ALL_PROFILES = ("single", "ddp", "zero2", "zero3", "fsdp")
 DESCRIBE = {"single": "one process", "ddp": "data parallel", "zero2": "DeepSpeed ZeRO-2",
             "zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP"}
 # The shipped profiles: a recipe names one by its stem (`accelerate: cpu-ddp`).
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+# From a source checkout, the repository's recipes/; from an installed wheel, the copy it
+# installs under <prefix>/share/align/recipes (pyproject's data-files).
+def shipped_recipes_dir() -> Path:
+    checkout = Path(__file__).resolve().parent.parent / "recipes"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "align" / "recipes"
+
+
+PROFILE_DIR = shipped_recipes_dir() / "accelerate"
 
 
 def profile_path(name_or_path: str) -> Path:
@@ -34,6 +44,8 @@ def profile_path(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
             raise AlignError(f"accelerate profile file not found: {path}")
+        if not path.is_file():
+            raise AlignError(f"accelerate profile {path} is a directory; give a config file.")
         return path
     candidate = PROFILE_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
@@ -62,12 +74,19 @@ def classify(config: dict) -> str:
 
 def classify_file(path: Path) -> str:
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as exc:
         raise AlignError(f"accelerate profile {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise AlignError(f"accelerate profile {path} is not UTF-8 text; save it as "
+                         "UTF-8.") from None
     if not isinstance(config, dict):
         raise AlignError(f"accelerate profile {path} must be a mapping of accelerate settings.")
-    return classify(config)
+    try:
+        return classify(config)
+    except (ValueError, TypeError, AttributeError) as exc:  # e.g. num_processes: two
+        raise AlignError(f"accelerate profile {path}: a setting has the wrong type ({exc}); "
+                         "num_processes and zero_stage are whole numbers.") from None
 
 
 def running_class() -> str:

@@ -10,6 +10,7 @@ accelerate profile runs stages in this process; any other launches each stage wi
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -17,19 +18,19 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from align.artifacts import StageDirs, load_artifact
+from align.artifacts import StageDirs, load_artifact, read_manifest
 from align.data.world import WorldConfig, build_world
 from align.distributed import process_state
 from align.errors import AlignError
 from align.hub import push_artifact
 from align.kinds import get_kind
 from align.lineage import check_inputs
-from align.modeling import resolve_base
+from align.modeling import filter_known_warnings, quiet_progress_without_terminal, resolve_base
 from align.profiles import is_single_process, profile_path
 from align.recipe import Recipe, load_recipe
 from align.report import write_report
 from align.stage_data import world_dir
-from align.stage_hash import reads_world, stage_hash
+from align.stage_hash import reads_world, rerun_reason, stage_hash
 from align.stages.context import StageContext
 from align.stages.summary import one_line
 
@@ -54,7 +55,10 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
         path = run_dir / upstream
         try:
             inputs[upstream] = load_artifact(path)
-        except AlignError:
+        except AlignError as exc:
+            if "does not match its manifest" in str(exc):  # there, finished, but changed since
+                raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}': "
+                                 f"{exc}") from None
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None
@@ -78,6 +82,8 @@ def current_artifact(recipe: Recipe, name: str):
 
 def execute_stage(recipe: Recipe, name: str):
     """Run one stage in this process (also what `accelerate launch ... align stage` calls)."""
+    quiet_progress_without_terminal()
+    filter_known_warnings()
     inputs, digest = inputs_and_hash(recipe, name)
     dirs = StageDirs(recipe.output_dir(), name)
     finished = dirs.finished(digest)
@@ -99,6 +105,16 @@ def execute_stage(recipe: Recipe, name: str):
         if state.is_main_process:
             dirs.clean_after_failure()
         raise
+
+
+def can_resume(dirs: StageDirs, digest: str) -> bool:
+    """A partial directory of the same hash with a complete checkpoint to resume from."""
+    progress = dirs.partial / "progress.json"
+    try:
+        same = json.loads(progress.read_text()).get("config_hash") == digest
+    except (OSError, ValueError):
+        return False
+    return same and dirs.last_checkpoint() is not None
 
 
 def launch_command(recipe_path: str, name: str, overrides: list[str], profile: Path) -> list[str]:
@@ -157,7 +173,11 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
                     print(f"{tag} {name}: up to date, skipped", flush=True)
                     results[name] = done
                 continue
-            state = "resuming" if (dirs.partial / "progress.json").exists() else "running"
+            state = "resuming" if can_resume(dirs, digest) else "running"
+            older = read_manifest(dirs.final)
+            if older is not None and older.status == "complete":
+                inputs = {n: a.manifest.config_hash for n, a in finished_inputs(recipe, name).items()}
+                state = f"{state} ({rerun_reason(recipe, name, older, inputs)})"
             print(f"{tag} {name} ({recipe.stages[name].kind}): {state}", flush=True)
             start = time.time()
             if in_process:
@@ -183,7 +203,8 @@ def push_stage(recipe: Recipe, name: str, artifact, tag: str = "") -> None:
     push = recipe.stages[name].push_to_hub
     if push is None:
         return
-    pushed = push_artifact(artifact.path, push.repo_id, private=push.private, revision=push.revision)
+    pushed = push_artifact(artifact.path, push.repo_id, private=push.private, revision=push.revision,
+                           merged=push.merged)
     print(f"{tag} {name}: pushed to {pushed.repo_id} ({pushed.commit_url})".lstrip(), flush=True)
 
 

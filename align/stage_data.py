@@ -41,6 +41,8 @@ class PreparedSource:
     problems: list[RowProblem] = field(default_factory=list)   # malformed rows dropped
     too_long: int = 0                                # rows whose prompt reaches max_length
     limit: int | None = None                         # the max_length prompts were measured against
+    ignored: list[str] = field(default_factory=list)  # source columns the conversion left out
+    identical: int = 0                               # preference pairs with chosen == rejected
 
 
 class StageData:
@@ -90,7 +92,8 @@ class StageData:
         result = convert_rows(rows, source=name, target=target, fmt=src.format,
                               label_column=src.label_column, on_error=self.on_error,
                               keep_columns=target in KEEPS_COLUMNS)
-        out = PreparedSource(name, result.rows, len(rows), result.dropped)
+        out = PreparedSource(name, result.rows, len(rows), result.dropped, ignored=result.ignored,
+                             identical=result.identical)
         tokenizer = self.tokenizer() if self.tokenizer and target in PROMPTED_TARGETS else None
         if tokenizer is not None:
             out.rows, out.too_long, out.limit = fit_prompts(
@@ -110,6 +113,9 @@ class StageData:
                 self.dropped[prepared.name] = len(prepared.problems)
                 self.log(f"dropped {len(prepared.problems)} malformed rows of {prepared.name} "
                          f"(first: {prepared.problems[0]})")
+            if prepared.identical:
+                self.log(f"dropped {prepared.identical} pairs of {prepared.name} whose chosen and "
+                         "rejected are identical")
             if prepared.too_long:
                 self.dropped[prepared.name] = self.dropped.get(prepared.name, 0) + prepared.too_long
                 self.log(f"dropped {prepared.too_long} rows of {prepared.name} whose prompt "

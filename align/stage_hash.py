@@ -44,6 +44,7 @@ def stage_config(recipe: Recipe, name: str) -> dict:
     shown = presentation_args(stage)
     block["args"] = {k: v for k, v in block["args"].items() if k not in shown}
     block.pop("push_to_hub", None)
+    block.pop("keep_checkpoints", None)
     return {
         "stage": block,
         "seed": recipe.seed,
@@ -70,3 +71,33 @@ def data_files(recipe: Recipe, name: str) -> list[Path]:
 def stage_hash(recipe: Recipe, name: str, input_hashes: dict[str, str]) -> str:
     return config_hash(stage_config(recipe, name), input_hashes,
                        file_fingerprint(data_files(recipe, name)))
+
+
+def rerun_reason(recipe: Recipe, name: str, old, input_hashes: dict[str, str]) -> str:
+    """Why a stage whose older artifact (`old`, its manifest) is stale runs again: the keys of
+    its config that changed, the upstream stages that changed, or else its data files."""
+    before, now = old.config or {}, stage_config(recipe, name)
+    changed = _changed_keys(before, now)
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        return f"changed: {shown}"
+    upstream = sorted(n for n in set(old.inputs) | set(input_hashes)
+                      if old.inputs.get(n) != input_hashes.get(n))
+    if upstream:
+        return "upstream stage" + ("s " if len(upstream) > 1 else " ") + ", ".join(upstream) + \
+            " changed"
+    files = [p.name for p in data_files(recipe, name)]
+    return "its data changed" + (f" ({', '.join(files)})" if files else "")
+
+
+def _changed_keys(before, now, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(before) | set(now), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in before or key not in now:
+                out.append(path)
+            else:
+                out += _changed_keys(before[key], now[key], path)
+        return out
+    return [] if before == now else [prefix or "(config)"]

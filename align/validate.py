@@ -11,14 +11,17 @@ starts instead.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import cache
 
+from align.data.formats import LayoutError
 from align.data.lengths import PROMPTED_TARGETS
 from align.data.world import WorldConfig, build_world, make_splits
 from align.kinds import get_kind
 from align.modeling import load_tokenizer, resolve_base
 from align.profiles import DESCRIBE, check_stage, classify_file, profile_path
-from align.recipe import Recipe, RecipeError, load_recipe
+from align.errors import AlignError, DataError
+from align.recipe import Recipe, RecipeError, data_key, load_recipe
 from align.stage_data import StageData
 
 
@@ -81,11 +84,18 @@ def validate_recipe(path: str, overrides: list[str] | None = None, *, accelerate
                                          else f"{kind} stages offer no files to read."))
                 checked.append(f"{name}: {label} (made by stage {src.stage})")
                 continue
-            prepared = data.prepare(src, i, target)
+            with format_error_names_key(recipe, name, stage, src):
+                prepared = data.prepare(src, i, target)
             if prepared.problems:
                 checked.append(f"{name}: {label}: {len(prepared.problems)} malformed rows will "
                                f"be dropped (first: {prepared.problems[0]})")
+            if prepared.identical:
+                checked.append(f"{name}: {label}: {prepared.identical} preference pairs whose "
+                               "chosen and rejected are identical will be dropped")
             checked.append(f"{name}: {label}: {prepared.read_rows} rows OK for {stage.kind}")
+            if prepared.ignored:
+                checked.append(f"{name}: {label}: columns ignored (not read by the "
+                               f"{stage.kind} stage): {', '.join(prepared.ignored)}")
             checked.append(prompt_lengths(name, label, prepared, target, tokenizer))
     return [line for line in checked if line]
 
@@ -102,3 +112,19 @@ def prompt_lengths(name: str, label: str, prepared, target: str, tokenizer) -> s
         return (f"{name}: {label}: {prepared.too_long} rows whose prompt reaches max_length "
                 f"{prepared.limit} will be dropped")
     return f"{name}: {label}: every prompt leaves room for an answer within max_length {prepared.limit}"
+
+
+@contextmanager
+def format_error_names_key(recipe: Recipe, name: str, stage, src):
+    """A dataset whose layout (`format`, given or detected) cannot feed the stage: the message
+    also names the recipe, the stage and the source's key path. Problems of the data itself
+    (rows, files) already name the file and row and pass unchanged."""
+    try:
+        yield
+    except AlignError as exc:
+        if isinstance(exc, DataError) and not isinstance(exc, LayoutError):
+            raise
+        key = f"stages.{name}.{data_key(stage, src)}"
+        fmt = f"format {src.format!r}" if src.format != "auto" else "format auto-detected"
+        raise RecipeError(f"{recipe.source}: stage '{name}' ({stage.kind}), '{key}.format' "
+                          f"({fmt}): {exc}") from None

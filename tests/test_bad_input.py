@@ -195,10 +195,11 @@ def _(tmp):
     return run(recipe(tmp, stages)), ["cycle", "a -> b -> a"]
 
 
-@case("preference stage without from")
+@case("probing stage without from")
 def _(tmp):
-    stages = {"dpo": {"kind": "dpo", "data": "world:preference_train"}}
-    return run(recipe(tmp, stages)), ["stage 'dpo'", "needs `from:`"]
+    # dpo, kto, orpo, rm and ppo may start from the base model; idk and evaluate need a model
+    stages = {"idk": {"kind": "idk", "data": "world:qa_train"}}
+    return run(recipe(tmp, stages)), ["stage 'idk'", "needs `from:`"]
 
 
 @case("stage data from a stage not in from")

@@ -191,7 +191,7 @@ def test_sharegpt_unknown_role():
     row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "bing", "value": "Yo"}]}
     assert fails([row], "sft") == (
         f"{SRC}, row 1, column 'conversations': turn 2 has unknown role 'bing'; "
-        "known roles: system, human, user, gpt, assistant"
+        "known roles: system, human, user, gpt, assistant, function_call, observation"
     )
 
 
@@ -512,10 +512,10 @@ def test_drop_mode_with_every_row_bad_fails():
 
 def test_auto_detect_failure_lists_columns_and_layouts():
     with pytest.raises(AlignError) as info:
-        convert([{"question": "Q", "answer": "A"}], "sft")
+        convert([{"query": "Q", "reply": "A"}], "sft")
     msg = str(info.value)
     assert msg.startswith(
-        f"{SRC}: cannot tell the dataset's layout from its columns: answer, question."
+        f"{SRC}: cannot tell the dataset's layout from its columns: query, reply."
     )
     for name in ("trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag"):
         assert f"  - {name}: " in msg
@@ -589,7 +589,8 @@ def test_unknown_names_refused():
 
 
 def test_format_and_target_names():
-    assert FORMATS == ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag", "qa")
+    assert FORMATS == ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag", "qa",
+                       "triviaqa", "nq_open", "popqa", "simpleqa")
     assert TARGETS == ("language_modeling", "sft", "preference", "unpaired", "prompt_only", "qa",
                        "labelled_qa")
 

@@ -1,7 +1,8 @@
 """The package's layers import only downward, and align's own imports sit at the top of files.
 
-runner / validate -> stages, hub, report -> recipe, modeling, stage data and hash, honesty, ppo
--> kinds, tiny, generation -> data, artifacts, profiles, distributed -> errors and small helpers.
+runner / validate -> stages, hub, report, chat -> recipe, stage data and hash, honesty, ppo
+-> kinds, tiny, generation, modeling -> data, artifacts, profiles, distributed -> errors and
+small helpers.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "align"
 # Lowest first; a module belongs to the layer of its longest matching prefix.
 LAYERS = [
     ("errors", "importing", "jsonl"),
-    ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core"),
-    ("kinds", "tiny", "generation"),
-    ("recipe", "modeling", "lineage", "stage_data", "stage_hash", "honesty", "ppo", "rewards"),
-    ("stages", "hub", "report"),
+    ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core", "trackers"),
+    ("kinds", "tiny", "generation", "modeling"),
+    ("recipe", "lineage", "stage_data", "stage_hash", "honesty", "ppo", "rewards"),
+    ("stages", "hub", "report", "chat"),
     ("runner", "validate"),
     ("cli", "__main__"),
 ]

@@ -21,6 +21,8 @@ def test_defaults_and_good_values_construct():
               learning_rate=1, total_episodes=8, max_grad_norm=None, score_clip=3.0,
               value_model="policy", score_normalization="running", seed=0)
     assert dataclasses.replace(config, batch_size=32).batch_size == 32
+    # A reward source is checked for its form only (the stage imports it): as align.importing reads it.
+    PPOConfig(rewards=[{"source": "my.rewards:Scorer.score", "weight": 0.5}, {"source": "rm"}])
 
 
 @pytest.mark.parametrize("kwargs, named, why", [

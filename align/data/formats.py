@@ -32,6 +32,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -40,7 +41,8 @@ from itertools import chain
 
 from align.errors import AlignError, DataError
 
-FORMATS = ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag", "qa")
+FORMATS = ("auto", "trl", "hh", "ultrafeedback", "alpaca", "sharegpt", "kto_tag", "qa",
+           "triviaqa", "nq_open", "popqa", "simpleqa")
 TARGETS = ("language_modeling", "sft", "preference", "unpaired", "prompt_only", "qa",
            "labelled_qa")
 
@@ -50,11 +52,17 @@ _LAYOUT_HELP = {
     " | prompt (TRL's standard and conversational formats)",
     "hh": "chosen, rejected: '\\n\\nHuman: ...\\n\\nAssistant: ...' transcripts (Anthropic HH)",
     "ultrafeedback": "prompt (string), chosen, rejected (message lists) (UltraFeedback-binarized)",
-    "alpaca": "instruction, optional input, output",
-    "sharegpt": "conversations: list of {from: human|gpt|system, value}",
+    "alpaca": "instruction, optional input, output, system, history ([[instruction, response], ...])",
+    "sharegpt": "conversations: list of {from: human|gpt|system|function_call|observation, value}"
+    ", optional system, tools",
     "kto_tag": "prompt, completion and a boolean column named by label_column",
     "qa": "question, answers (a string or a list of accepted answers) [, known]",
+    "triviaqa": "question, answer: {value, aliases, ...} (TriviaQA)",
+    "nq_open": "question, answer (a list of accepted answers) (NQ-open)",
+    "popqa": "question, possible_answers (a JSON list in a string) (PopQA)",
+    "simpleqa": "problem, answer (SimpleQA)",
 }
+QA_FORMATS = ("qa", "triviaqa", "nq_open", "popqa", "simpleqa")
 
 # Row kinds: what a layout provides, independent of how it is spelled.
 _KIND_WORDS = {
@@ -95,6 +103,9 @@ _SHAREGPT_ROLES = {
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    # LLaMA-Factory's tool turns: the model's call, then the tool's answer
+    "function_call": "assistant",
+    "observation": "tool",
 }
 _ULTRAFEEDBACK_MARKERS = {"prompt_id", "score_chosen", "score_rejected"}
 _ORDER_RULE = "after an optional leading system message, turns must alternate user, assistant"
@@ -121,6 +132,22 @@ class ConversionResult:
     rows: list[dict]
     dropped: list[RowProblem] = field(default_factory=list)
     fmt: str = ""
+    ignored: list[str] = field(default_factory=list)  # source columns the conversion left out
+    # Preference pairs left out because chosen and rejected are identical (nothing to learn).
+    identical: int = 0
+
+
+class LayoutError(DataError):
+    """The dataset's columns do not fit the layout (`format`) it is read with."""
+
+
+# Columns a layout reads beyond the ones it needs.
+_OPTIONAL = {
+    "sharegpt": {"system", "tools"},
+    "alpaca": {"input", "system", "history"},
+    "qa": {"known", "category"},
+    "triviaqa": {"known"}, "nq_open": {"known"}, "popqa": {"known"}, "simpleqa": {"known"},
+}
 
 
 class _RowError(Exception):
@@ -173,6 +200,14 @@ def detect_format(
         return "kto_tag"
     if {"question", "answers"} <= cols:
         return "qa"
+    if {"question", "possible_answers"} <= cols:
+        return "popqa"
+    if {"problem", "answer"} <= cols:
+        return "simpleqa"
+    if {"question", "answer"} <= cols:
+        if sample is not None and isinstance(sample.get("answer"), Mapping):
+            return "triviaqa"
+        return "nq_open"
     if _trl_layout(cols, label_column) is not None:
         return "trl"
     known = "\n".join(f"  - {name}: {help_}" for name, help_ in _LAYOUT_HELP.items())
@@ -257,7 +292,7 @@ def convert_rows(
         raise AlignError(f"{source}: {refusal}")
     missing = needed - columns
     if missing:
-        raise DataError(
+        raise LayoutError(
             f"the {fmt} layout needs the column(s) {', '.join(sorted(missing))}; "
             f"the dataset has {', '.join(sorted(columns)) or '(none)'}",
             path=source,
@@ -282,7 +317,20 @@ def convert_rows(
             dropped.append(RowProblem(number, exc.column, exc.reason))
     if not out:
         raise DataError(f"all {count} rows are malformed; the first: {dropped[0]}", path=source)
-    return ConversionResult(rows=out, dropped=dropped, fmt=fmt)
+    ignored = [] if keep_columns else sorted(columns - needed - _OPTIONAL.get(fmt, set()))
+    out, identical = drop_identical_pairs(out, source) if target == "preference" else (out, 0)
+    return ConversionResult(rows=out, dropped=dropped, fmt=fmt, ignored=ignored,
+                            identical=identical)
+
+
+def drop_identical_pairs(rows: list[dict], source: str) -> tuple[list[dict], int]:
+    """Leave out preference pairs whose chosen and rejected are the same: they teach nothing
+    (DPO's and a reward model's loss have no gradient there). All of them identical is an error."""
+    kept = [r for r in rows if r.get("chosen") != r.get("rejected")]
+    if rows and not kept:
+        raise DataError(f"all {len(rows)} preference pairs have identical chosen and rejected "
+                        "responses; there is nothing to learn from", path=source)
+    return kept, len(rows) - len(kept)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +357,10 @@ def _plan(fmt: str, columns: set[str], label_column: str):
         return "unpaired", {"prompt", "completion", label_column}, _read_unpaired
     if fmt == "qa":
         return "qa", {"question", "answers"}, _read_qa
+    if fmt in QA_FORMATS:
+        needed = {"triviaqa": {"question", "answer"}, "nq_open": {"question", "answer"},
+                  "popqa": {"question", "possible_answers"}, "simpleqa": {"problem", "answer"}}
+        return "qa", needed[fmt], _public_qa_reader(fmt)
     layout = _trl_layout(columns, label_column)
     if layout is None:
         raise AlignError(
@@ -428,7 +480,25 @@ def _read_sharegpt(row: Mapping, ctx: _Ctx) -> dict:
         content_key="value",
         roles=_SHAREGPT_ROLES,
     )
-    return _dialogue(msgs, "conversations", ctx)
+    return _dialogue(_with_system(msgs, row), "conversations", ctx)
+
+
+def _with_system(msgs: list[dict], row: Mapping) -> list[dict]:
+    """LLaMA-Factory's `system` column (and a ShareGPT row's `tools` schema, as text) joined
+    into the leading system message."""
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise _RowError("system", f"must be a string, got {_type(system)}")
+    tools = row.get("tools")
+    if tools and not isinstance(tools, str):
+        tools = json.dumps(tools, ensure_ascii=False)
+    own = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else None
+    parts = [p for p in (own, system, f"Tools you may call:\n{tools}" if tools else None)
+             if p and p.strip()]
+    if not parts or parts == [own]:
+        return msgs
+    rest = msgs[1:] if own is not None else msgs
+    return [{"role": "system", "content": "\n\n".join(parts)}, *rest]
 
 
 def _read_prompt(row: Mapping, ctx: _Ctx) -> dict:
@@ -487,9 +557,58 @@ def _read_alpaca(row: Mapping, ctx: _Ctx) -> dict:
     if not output.strip():
         raise _RowError("output", "the response is empty")
     return {
-        "prompt": [{"role": "user", "content": text}],
+        "prompt": _with_system(_alpaca_history(row.get("history")), row)
+        + [{"role": "user", "content": text}],
         "completion": [{"role": "assistant", "content": output}],
     }
+
+
+def _alpaca_history(history) -> list[dict]:
+    """LLaMA-Factory's `history`: earlier [instruction, response] pairs, oldest first."""
+    if history is None:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise _RowError("history", f"must be a list of [instruction, response] pairs, got "
+                                   f"{_type(history)}")
+    out = []
+    for i, pair in enumerate(history, start=1):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(x, str) for x in pair)):
+            raise _RowError("history", f"entry {i} must be an [instruction, response] pair of "
+                                       "strings")
+        out += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return out
+
+
+def _public_qa_reader(fmt: str):
+    """TriviaQA, NQ-open, PopQA and SimpleQA rows read as `qa` rows (question, answers)."""
+    def read(row: Mapping, ctx: _Ctx) -> dict | None:
+        question_column = "problem" if fmt == "simpleqa" else "question"
+        if fmt == "triviaqa":
+            answer = _get(row, "answer")
+            if not isinstance(answer, Mapping):
+                raise _RowError("answer", f"must be TriviaQA's object with value and aliases, "
+                                          f"got {_type(answer)}")
+            answers = [answer.get("value"), *(answer.get("aliases") or [])]
+            column = "answer"
+        elif fmt == "popqa":
+            answers = _get(row, "possible_answers")
+            column = "possible_answers"
+            if isinstance(answers, str):
+                try:
+                    answers = json.loads(answers)
+                except json.JSONDecodeError:
+                    raise _RowError(column, "must hold a JSON list of answers") from None
+        else:
+            answers, column = _get(row, "answer"), "answer"
+        answers = [answers] if isinstance(answers, str) else answers
+        if not isinstance(answers, (list, tuple)):
+            raise _RowError(column, f"must be an answer or a list of answers, got {_type(answers)}")
+        answers = list(dict.fromkeys(a for a in answers if isinstance(a, str) and a.strip()))
+        rest = {k: v for k, v in row.items() if k not in (question_column, "answers")}
+        return _read_qa({**rest, "question": _get(row, question_column), "answers": answers},
+                        ctx)
+    return read
 
 
 def _read_hh(row: Mapping, ctx: _Ctx) -> dict:
@@ -611,7 +730,7 @@ def _check_order(msgs: list[dict], column: str) -> None:
     start = 1 if msgs and msgs[0]["role"] == "system" else 0
     for i in range(start, len(msgs)):
         expected = "user" if (i - start) % 2 == 0 else "assistant"
-        if msgs[i]["role"] != expected:
+        if msgs[i]["role"] != expected and not (expected == "user" and msgs[i]["role"] == "tool"):
             raise _RowError(
                 column,
                 f"turn {i + 1} has role '{msgs[i]['role']}' where '{expected}' was expected "

@@ -8,6 +8,7 @@ once, 2 every row twice, 0.5 a seeded half.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -21,44 +22,112 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 def read_local(path: Path) -> list[dict]:
     if not path.exists():
         raise DataError("file not found", path=path)
+    if not path.is_file():
+        raise DataError("is a directory, not a data file; name the file itself "
+                        f"({', '.join(LOCAL_SUFFIXES)})" if path.is_dir() else
+                        "is not a regular file", path=path)
     suffix = path.suffix.lower()
     if suffix not in LOCAL_SUFFIXES:
         raise DataError(f"unsupported file type '{suffix}'; use one of {', '.join(LOCAL_SUFFIXES)}",
                         path=path)
     if suffix == ".jsonl":
         rows = []
-        with path.open() as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                    path=path, row=line_no) from None
-                if not isinstance(row, dict):
-                    raise DataError("each line must be a JSON object", path=path, row=line_no)
-                rows.append(row)
+        for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, object_pairs_hook=_refuse_duplicate_keys)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})",
+                                path=path, row=line_no) from None
+            except DuplicateKey as exc:
+                raise DataError(f"the JSON object gives key '{exc}' twice; the second would "
+                                "silently replace the first", path=path, row=line_no) from None
+            if not isinstance(row, dict):
+                raise DataError("each line must be a JSON object", path=path, row=line_no)
+            rows.append(row)
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_text(path), object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON at line {exc.lineno}: {exc.msg}", path=path) from None
+        except DuplicateKey as exc:
+            raise DataError(f"a JSON object gives key '{exc}' twice; the second would silently "
+                            "replace the first", path=path) from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError("a .json dataset must be a list of objects", path=path)
         rows = data
     elif suffix == ".csv":
-        with path.open(newline="") as f:
-            rows = [dict(r) for r in csv.DictReader(f)]
+        rows = read_csv_rows(path)
     else:
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
+        rows = read_parquet_rows(path)
     if not rows:
         raise DataError("the dataset is empty", path=path)
     return rows
+
+
+class DuplicateKey(ValueError):
+    """A JSON object with the same key twice (json keeps the last one silently)."""
+
+
+def _refuse_duplicate_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def read_text(path: Path) -> str:
+    """A data file's text: UTF-8, with a leading byte-order mark read and dropped. Bytes that are
+    not UTF-8 are refused naming the row (line) they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}, at byte offset "
+                        f"{exc.start}); save the file as UTF-8", path=path, row=line) from None
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """CSV rows as dicts; a row with more or fewer fields than the header is refused (csv would
+    drop the extra fields or fill the missing ones with nothing), as are repeated column names."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise DataError(f"the header (line 1) names column(s) {repeated} more than once; "
+                            "each column needs its own name", path=path)
+        rows = []
+        for i, fields in enumerate(reader, 1):
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise DataError(f"{len(fields)} field(s) but the header has {len(header)} columns "
+                                f"({', '.join(header)}); quote fields that contain commas",
+                                path=path, row=f"{i} (line {reader.line_num})")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as exc:
+        raise DataError(f"invalid CSV: {exc}", path=path, row=f"line {reader.line_num}") from None
+    return rows
+
+
+def read_parquet_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"not a valid Parquet file ({' '.join(str(exc).split())}); is the file "
+                        "really Parquet? Its extension decides how it is read", path=path) from None
 
 
 def read_hub(repo_id: str, subset: str | None, split: str) -> list[dict]:

@@ -15,13 +15,12 @@ module imports no torch: `align validate` and the configs read it.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from align.errors import AlignError
+from align.importing import is_reference
 
-CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Sources named by a word instead of module:function.
 BUILTIN = {
     "rm": "the reward model of the rm stage named in `from`",
@@ -59,7 +58,7 @@ def parse_rewards(items: Any, where: str = "rewards", source: str = "") -> list[
         if extra:
             raise AlignError(f"{here} has unknown key(s) {sorted(extra)}; only {', '.join(KEYS)}.")
         name, weight, args = item["source"], item.get("weight", 1.0), item.get("args") or {}
-        if not isinstance(name, str) or not (name in BUILTIN or CALLABLE.match(name)):
+        if not isinstance(name, str) or not (name in BUILTIN or is_reference(name)):
             raise AlignError(f"{here}.source must be \"rm\" (the reward model input), \"honesty\" "
                              "(the ternary honesty reward) or \"module:function\" (e.g. "
                              f"my_rewards:exact_match); got {name!r}.")

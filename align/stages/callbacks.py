@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from transformers import TrainerCallback
 
 from align.errors import NonFiniteError
@@ -31,8 +32,6 @@ class NonFiniteLossCallback(TrainerCallback):
         logged losses must not leave a broken checkpoint to resume from."""
         if not control.should_save or model is None:
             return
-        import torch
-
         for name, param in model.named_parameters():
             if param.requires_grad and not torch.isfinite(param.detach()).all():
                 raise NonFiniteError(

@@ -12,11 +12,17 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from transformers import EarlyStoppingCallback
 
 from align.artifacts import (Artifact, Manifest, ModelRef, StageDirs, library_versions,
                              read_manifest)
@@ -24,19 +30,13 @@ from align.distributed import is_sharded, process_state
 from align.errors import AlignError, DataError
 from align.jsonl import write_jsonl
 from align.kinds import model_kinds
-from align.modeling import count_trainable, load_start_model, load_tokenizer, torch_dtype
-from align.recipe import DataSource, Recipe, Stage
+from align.modeling import (count_trainable, load_start_model, load_tokenizer, plain_base,
+                            set_adapter_base, torch_dtype)
+from align.recipe import DataSource, Recipe, Stage, trainer_args
 from align.stage_data import StageData
 from align.stage_hash import stage_config
 from align.stages.callbacks import NonFiniteLossCallback
-
-# Trainer defaults that suit align's per-stage directories; any of them can be set in `args`.
-TRAINER_DEFAULTS = dict(
-    logging_steps=10, save_strategy="steps", save_steps=50, save_total_limit=2,
-    report_to="none", activation_checkpointing=False, max_grad_norm=1.0,
-    dataloader_num_workers=0, disable_tqdm=False,
-)
-
+from align.trackers import LOGS_DIR, uses_tensorboard
 
 @dataclass
 class StageContext:
@@ -101,8 +101,6 @@ class StageContext:
 
     def datasets(self, target: str):
         """(train, eval or None) as `datasets.Dataset`, eval from sources or a seeded split."""
-        from datasets import Dataset
-
         spec = self.stage.data
         train = self.rows(target)
         evaluation = self.rows(target, spec.eval) if spec.eval else None
@@ -160,33 +158,25 @@ class StageContext:
 
     # -- training arguments ------------------------------------------------------------------
     def training_args(self, config_cls, has_eval: bool = False, **stage_defaults):
-        import torch
-
-        args: dict[str, Any] = {**TRAINER_DEFAULTS, **stage_defaults}
-        args["seed"] = self.recipe.seed
-        if not torch.cuda.is_available():
+        if self.stage.early_stopping_patience and not has_eval:
+            raise AlignError(f"stages.{self.name}.early_stopping_patience needs eval data "
+                             "(data.eval or data.eval_fraction).")
+        args = trainer_args(self.recipe, self.stage, has_eval, stage_defaults)
+        if not torch.cuda.is_available() and "use_cpu" not in self.stage.args:
             args["use_cpu"] = True
             if self.state.num_processes > 1:
                 args["ddp_backend"] = "gloo"  # NCCL needs GPUs
-        if has_eval:
-            args.update(eval_strategy="steps", eval_steps=args["save_steps"])
-        if self.stage.early_stopping_patience:
-            if not has_eval:
-                raise AlignError(f"stages.{self.name}.early_stopping_patience needs eval data "
-                                 "(data.eval or data.eval_fraction).")
-            args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
-                        greater_is_better=False)
-        args.update(self.stage.args)
-        if "gradient_checkpointing" in self.stage.args:  # the older name still works
-            args.pop("activation_checkpointing", None)
-        if args.get("eval_strategy") not in (None, "no") and "eval_steps" not in self.stage.args:
-            args["eval_steps"] = args.get("save_steps", 50)
+        if "disable_tqdm" not in self.stage.args and not sys.stdout.isatty():
+            # A CI log or a file: one printed line per logging step, no carriage-return bars.
+            args["disable_tqdm"] = True
+        if uses_tensorboard(args.get("report_to")):
+            # Read by transformers' TensorBoardCallback when the Trainer is built: the event
+            # files land in the artifact (`<stage>/logs/`), not in the checkpoints removed at
+            # the end.
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.dirs.partial / LOGS_DIR)
         return config_cls(output_dir=str(self.dirs.checkpoints), **args)
 
     def callbacks(self) -> list:
-        # transformers on use: importing it costs seconds, and the CLI imports stage contexts.
-        from transformers import EarlyStoppingCallback
-
         out = [NonFiniteLossCallback()]
         if self.stage.early_stopping_patience:
             out.append(EarlyStoppingCallback(self.stage.early_stopping_patience))
@@ -206,8 +196,6 @@ class StageContext:
         every rank (a collective: every rank must call it). Sharded profiles (ZeRO-3, FSDP) hold
         different shards on each rank, so `replicas_identical` is None there.
         """
-        from accelerate.utils import gather_object
-
         digest = hashlib.sha256()
         for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
             if p.requires_grad:
@@ -258,11 +246,22 @@ class StageContext:
         if self.is_main:
             metrics = dict(metrics or {})
             files = dict(files or {})
+            last = self.dirs.last_checkpoint()
+            if self.stage.keep_checkpoints and last is not None:
+                # Out of checkpoints/ (removed when the stage commits), into the artifact.
+                os.replace(last, self.dirs.partial / LAST_CHECKPOINT)
+                files["last_checkpoint"] = LAST_CHECKPOINT
+            if (self.dirs.partial / LOGS_DIR).is_dir():
+                files.setdefault("logs", LOGS_DIR)  # TensorBoard event files
             if history:
                 write_jsonl(self.dirs.partial / HISTORY_FILE, history)
                 files["history"] = HISTORY_FILE
             if self.dropped_rows:
                 metrics["dropped_rows"] = self.dropped_rows
+            if model is not None and model.type == "adapter" and model.base:
+                # PEFT's documented loading must find the weights the adapter trained on.
+                set_adapter_base(self.dirs.partial / model.path,
+                                 plain_base(self.dirs.final, model.base, self.dirs.partial))
             manifest = Manifest(
                 name=self.name, kind=self.stage.kind, status="complete",
                 config_hash=self.config_hash, config=stage_config(self.recipe, self.name),
@@ -302,3 +301,4 @@ class StageContext:
 
 
 HISTORY_FILE = "history.jsonl"
+LAST_CHECKPOINT = "last_checkpoint"

@@ -1,6 +1,7 @@
 """Stage `ppo`: the project's own PPO (align.ppo) from an SFT model against reward sources.
 
-`from:` names the SFT stage (the policy starts from it, and it is the reference) and optionally
+`from:` names the SFT stage (the policy starts from it, and it is the reference; without one, the
+recipe's base model is both) and optionally
 an `rm` stage (reward source `rm`, the value model's starting point, `rm_stats`). Prompts come
 from the stage's data, as prompt-only, SFT or preference rows; their other columns reach reward
 callables. With lora/qlora the reference is the policy with its adapter disabled and the value
@@ -43,8 +44,8 @@ def run(ctx: StageContext):
 
     rm_artifact = ctx.input_of_kind("rm")
     if ctx.model_input() is None:
-        raise AlignError(f"stage '{ctx.name}': `from` must name the stage whose policy PPO starts from "
-                         "(an sft stage).")
+        ctx.log("no upstream policy in `from`: the policy and its reference start from the "
+                "recipe's base model")
     value_start = config.value_model or ("rm" if rm_artifact is not None else "policy")
     if (config.uses_rm or value_start == "rm") and rm_artifact is None:
         raise AlignError(f"stage '{ctx.name}': {'reward source rm' if config.uses_rm else 'value_model: rm'} "

@@ -66,7 +66,13 @@ def run(ctx: StageContext):
                                    [r["prompt"] + r["rejected"] for r in heldout])
     metrics = {**loss_summary(trainer.state.log_history), **score_statistics(chosen, rejected),
                "scored_on": "eval" if evaluation is not None else "train", **counts}
-    ctx.log(f"held-out accuracy {metrics['accuracy']:.3f}, margin {metrics['margin']:.3f}, "
+    if evaluation is None:
+        # Not a held-out figure: say so wherever the number is read (log, manifest, report).
+        metrics["train_pair_accuracy"] = metrics["accuracy"]
+        metrics["accuracy_note"] = ("measured on the training pairs (no data.eval or "
+                                    "data.eval_fraction): not held-out")
+    where = "held-out" if evaluation is not None else "training-pair (not held-out)"
+    ctx.log(f"{where} accuracy {metrics['accuracy']:.3f}, margin {metrics['margin']:.3f}, "
             f"scores {metrics['score_mean']:.3f} ± {metrics['score_std']:.3f}")
     if ctx.is_main:
         ctx.dirs.partial.mkdir(parents=True, exist_ok=True)

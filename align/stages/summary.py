@@ -43,10 +43,12 @@ def metric_parts(metrics: dict) -> list[str]:
                                                       for c in ("known", "unknown", "grey")))
     if isinstance(metrics.get("reward_first"), (int, float)) and isinstance(metrics.get("reward_last"), (int, float)):
         parts.append(f"reward {metrics['reward_first']:.3f} -> {metrics['reward_last']:.3f}")  # grpo, rloo
+    on_train = metrics.get("scored_on") == "train"  # an rm stage without eval pairs
     for key in ("accuracy", "margin", "heldout_margin_sft", "heldout_margin", "label_agreement",
                 "mean_score_last"):
         if key in metrics and isinstance(metrics[key], (int, float)):
-            parts.append(f"{key} {metrics[key]:.3f}")
+            label = f"{key} on training pairs" if on_train and key in ("accuracy", "margin") else key
+            parts.append(f"{label} {metrics[key]:.3f}")
     return parts
 
 

@@ -1,0 +1,66 @@
+"""SFT on a chat template without `{% generation %}` markers (one that only says
+`add_generation_prompt`): trained on each conversation's last answer as prompt/completion rows
+instead of crashing in TRL; `assistant_only_loss: true` on it is refused before training."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import write_recipe
+
+from align.stages.sft import marks_generation
+from align.tiny import CHAT_TEMPLATE
+
+PLAIN = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+
+
+def test_only_the_generation_block_counts():
+    assert marks_generation(CHAT_TEMPLATE)
+    assert marks_generation("{%- generation -%}x{%- endgeneration -%}")
+    assert not marks_generation(PLAIN)  # still mentions add_generation_prompt
+    assert "generation" in PLAIN
+    assert not marks_generation(None)
+
+
+@pytest.fixture
+def plain_model(tmp_path, tiny_model):
+    out = tmp_path / "plain-template"
+    shutil.copytree(tiny_model, out)
+    for path in out.glob("chat_template.jinja"):
+        path.write_text(PLAIN)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    tokenizer.chat_template = PLAIN
+    tokenizer.save_pretrained(str(out))
+    assert not marks_generation(AutoTokenizer.from_pretrained(str(out)).chat_template)
+    return out
+
+
+def stages(**args) -> dict:
+    return {"sft": {"kind": "sft", "data": {"train": {"world": "sft", "max_samples": 16}},
+                    "args": {"max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4,
+                             "save_steps": 100, "disable_tqdm": True, **args}}}
+
+
+@pytest.mark.slow
+def test_sft_without_generation_markers_trains_on_the_answer(tmp_path, plain_model, capsys):
+    from align.runner import run_recipe
+
+    path = write_recipe(tmp_path, stages(), model={"name_or_path": str(plain_model)})
+    artifact = run_recipe(path)["sft"]
+    assert artifact.manifest.metrics["steps"] == 2
+    assert "prompt/completion rows" in capsys.readouterr().out
+
+
+def test_assistant_only_loss_on_a_plain_template_is_refused_before_training(tmp_path, plain_model,
+                                                                            capsys):
+    from align.cli import main
+
+    path = write_recipe(tmp_path, stages(assistant_only_loss=True),
+                        model={"name_or_path": str(plain_model)})
+    assert main(["run", path, "--no-validate"]) == 2
+    err = capsys.readouterr().err
+    assert "no {% generation %} block" in err and not (tmp_path / "run" / "sft").exists()
