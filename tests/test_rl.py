@@ -226,12 +226,14 @@ def test_rloo_runs_the_same_stage(rl_run, capsys):
     assert artifact.manifest.model.type == "adapter" and metrics["steps"] == 4
     assert set(metrics["reward_sources"]) == {"honesty", "correct_answer"}
     assert all(math.isfinite(h["kl"]) for h in history(artifact.path) if "reward" in h)
-    # Lineage and push as for every model kind: the adapter's base is the sft artifact.
+    # Lineage and push as for every model kind: the adapter's base is the sft artifact, so the
+    # Hub gets the merged chain.
     from align.cli import main
 
     assert artifact.manifest.model.base == "../sft"
-    assert main(["push", str(artifact.path), "--repo-id", "me/rloo", "--dry-run"]) == 0
-    assert "REINFORCE leave-one-out (RLOO)" in capsys.readouterr().out
+    assert main(["push", str(artifact.path), "--repo-id", "me/rloo", "--dry-run", "--merged"]) == 0
+    card = capsys.readouterr().out
+    assert "REINFORCE leave-one-out (RLOO)" in card and "`sft` → **`rloo`**" in card
 
 
 def test_grpo_qlora_from_an_adapter_upstream(rl_run):
