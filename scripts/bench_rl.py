@@ -200,10 +200,11 @@ def throughput_lines(res: dict) -> list[str]:
                      f"{a['process_wall'] / b['process_wall']:.3f} |")
     lines.append("")
     if cpu:
-        judged = statistics.median(cpu)
+        judged, by_wall = statistics.median(cpu), statistics.median(wall)
+        verdict = ("met" if min(judged, by_wall) >= 0.95 else
+                   "met per CPU second, not by wall clock" if judged >= 0.95 else "not met")
         lines += [f"**align's throughput per CPU second is {judged:.3f}x the bare script's (median of {len(cpu)}; "
-                  f"wall clock {statistics.median(wall):.3f}x). Goal (>= 0.95): "
-                  f"{'met' if judged >= 0.95 else 'not met'}.**", ""]
+                  f"wall clock {by_wall:.3f}x). Goal (>= 0.95): {verdict}.**", ""]
     for i, pair in enumerate(res["pairs"]):
         for r in pair:
             if isinstance(r, str):
