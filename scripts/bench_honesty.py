@@ -1,0 +1,165 @@
+"""Honesty variants on the fact-boundary world: what makes the stages refuse by knowledge.
+
+Each variant is the shipped recipe (`recipes/tiny/honesty.yaml`) with some settings changed,
+run from one pretrained model (the recipe's own pretrain stage, run once with `--pretrain`), for
+one or more seeds. Every run's evaluation lands in `<out>/results.jsonl`; `--table` renders all
+of them (every variant, every seed, every stage) as the markdown kept in
+`benchmarks/honesty.md`.
+
+    python scripts/bench_honesty.py --pretrain runs/bench-honesty/pretrain
+    python scripts/bench_honesty.py --variants shipped paraphrase --seeds 42 43
+    python scripts/bench_honesty.py --table > runs/bench-honesty/table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "tiny" / "honesty.yaml"
+OUT = ROOT / "runs" / "bench-honesty"
+
+# name -> (what it tries, dotted settings on the recipe; None removes a key).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "shipped": ("the recipe as shipped", {}),
+    "paraphrase": ("probe and train every phrasing of a question",
+                   {"stages.idk.options.paraphrases": True}),
+    "inline": ("inline refusals (the answer's opening, then I don't know)",
+               {"stages.idk.options.idk_style": "inline"}),
+    "inline_para": ("inline refusals, every phrasing",
+                    {"stages.idk.options.idk_style": "inline",
+                     "stages.idk.options.paraphrases": True}),
+}
+# Screening runs these stages only (`--all-stages` runs the whole recipe).
+SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")
+
+
+def set_dotted(recipe: dict, key: str, value) -> None:
+    node = recipe
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+
+
+def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> Path:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["stages"].pop("pretrain")
+    if screen:
+        recipe["stages"] = {k: v for k, v in recipe["stages"].items() if k in SCREEN}
+        recipe["stages"]["evaluate"]["from"] = [s for s in SCREEN if s not in ("idk", "evaluate")]
+    recipe["stages"]["sft"].pop("from")
+    for key, value in VARIANTS[name][1].items():
+        set_dotted(recipe, key, copy.deepcopy(value))
+    for stage in recipe["stages"].values():
+        stage.setdefault("args", {})["disable_tqdm"] = True
+    recipe.update(name=f"honesty-{name}", seed=seed, run_dir=str(out / f"{name}-s{seed}"),
+                  model={"name_or_path": str(pretrained)})
+    path = out / f"{name}-s{seed}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(args: list[str], log: Path) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    start = time.time()
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-m", "align", "run", *args], check=True, stdout=f,
+                       stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return time.time() - start
+
+
+def pretrain(out: Path) -> Path:
+    """The recipe's pretrain stage alone; returns the directory of its model."""
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["stages"] = {"pretrain": recipe["stages"]["pretrain"]}
+    recipe["run_dir"] = str(out / "pretrain")
+    path = out / "pretrain.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run([str(path)], out / "pretrain.log")
+    return out / "pretrain" / "pretrain" / "model"
+
+
+def run_variant(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> dict:
+    path = variant_recipe(name, seed, pretrained, out, screen)
+    seconds = run([str(path)], out / f"{name}-s{seed}.log")
+    metrics = json.loads((out / f"{name}-s{seed}" / "evaluate" / "metrics.json").read_text())
+    result = {"variant": name, "seed": seed, "what": VARIANTS[name][0],
+              "settings": VARIANTS[name][1], "seconds": round(seconds, 1), "stages": metrics}
+    with (out / "results.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    return result
+
+
+def pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}"
+
+
+def render(results: list[dict]) -> str:
+    """Every variant, seed and stage: the headline figures, then the exposure breakdown."""
+    from align.honesty.metrics import headline
+
+    cols = [("acc. known", "accuracy_known"), ("over-ref. known", "over_refusal_known"),
+            ("halluc. unknown", "hallucination_unknown"), ("refusal nonexist.", "refusal_nonexistent"),
+            ("prudence", "prudence"), ("over-cons.", "over_conservativeness"),
+            ("honesty", "honesty"), ("correct", "correct"), ("incorrect", "incorrect"),
+            ("truthf.", "truthfulness"), ("min attr. gap", "min_attribute_gap")]
+    lines = ["| variant | seed | stage | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|---:|---|" + "---:|" * len(cols)]
+    for r in results:
+        for stage, m in r["stages"].items():
+            h = headline(m)
+            lines.append(f"| {r['variant']} | {r['seed']} | {stage} | "
+                         + " | ".join(pct(h[k]) for _, k in cols) + " |")
+    lines += ["", "Refusal by exposure level (% of the level's questions; nonexistent last):", ""]
+    groups = list(dict.fromkeys(g for r in results for m in r["stages"].values()
+                                for g in m["by_exposure"]))
+    lines += ["| variant | seed | stage | " + " | ".join(groups) + " |",
+              "|---|---:|---|" + "---:|" * len(groups)]
+    for r in results:
+        for stage, m in r["stages"].items():
+            lines.append(f"| {r['variant']} | {r['seed']} | {stage} | " + " | ".join(
+                pct(m["by_exposure"].get(g, {}).get("not_attempted")) for g in groups) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--pretrain", action="store_true", help="run the pretrain stage first")
+    parser.add_argument("--pretrained", type=Path, help="model directory to start from")
+    parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[42])
+    parser.add_argument("--table", action="store_true", help="print every result as markdown")
+    parser.add_argument("--all-stages", action="store_true", help="every stage, not " + str(SCREEN))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    pretrained = args.pretrained or args.out / "pretrain" / "pretrain" / "model"
+    if args.pretrain:
+        pretrained = pretrain(args.out)
+    for name in args.variants:
+        for seed in args.seeds:
+            r = run_variant(name, seed, pretrained, args.out, not args.all_stages)
+            print(f"{name} seed {seed}: {r['seconds']} s", flush=True)
+    if args.table:
+        results = [json.loads(line) for line in (args.out / "results.jsonl").read_text().splitlines()]
+        print(render(results))
+
+
+if __name__ == "__main__":
+    main()
