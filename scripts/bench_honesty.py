@@ -39,6 +39,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "inline_para": ("inline refusals, every phrasing",
                     {"stages.idk.options.idk_style": "inline",
                      "stages.idk.options.paraphrases": True}),
+    "inline_e6": ("inline refusals, sft_idk 6 epochs instead of 3",
+                  {"stages.idk.options.idk_style": "inline",
+                   "stages.sft_idk.args.num_train_epochs": 6}),
+    "inline_dpo": ("inline refusals, DPO at 1e-4 for 3 epochs (5x the step)",
+                   {"stages.idk.options.idk_style": "inline",
+                    "stages.dpo.args.learning_rate": 1.0e-4,
+                    "stages.dpo.args.num_train_epochs": 3}),
 }
 # Screening runs these stages only (`--all-stages` runs the whole recipe).
 SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")
