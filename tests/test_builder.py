@@ -144,3 +144,5 @@ def test_inline_idk_keeps_the_answers_opening_and_is_a_refusal():
     out = build_outputs(RECORDS, config)
     sft = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in out["sft"]}
     assert sft["Capital of B?"].startswith("It is ") and Judge().is_refusal(sft["Capital of B?"])
+    assert inline_idk("The currency of Bx is the Som ducat.", ["Som ducat"], "beyond me.") \
+        == "The currency of Bx is beyond me."

@@ -129,7 +129,11 @@ def inline_idk(gold: str, values: list[str], ending: str) -> str | None:
     starts = [gold.find(v) for v in values if v and gold.find(v) > 0]
     if not starts:
         return None
-    return gold[:min(starts)].rstrip() + " " + ending
+    opening = gold[:min(starts)].rstrip()
+    words = opening.split(" ")
+    if len(words) > 1 and words[-1].lower() in ("the", "a", "an"):  # "... is the Som ducat."
+        opening = " ".join(words[:-1])
+    return opening + " " + ending
 
 
 def known_answer(rec: dict, config: ProbeConfig) -> str:
