@@ -46,6 +46,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                    {"stages.idk.options.idk_style": "inline",
                     "stages.dpo.args.learning_rate": 1.0e-4,
                     "stages.dpo.args.num_train_epochs": 3}),
+    "inline_mix1": ("inline refusals, the SFT data mixed back once instead of twice",
+                    {"stages.idk.options.idk_style": "inline",
+                     "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"},
+                                                   {"world": "sft", "weight": 1}]}),
+    "inline_nomix": ("inline refusals, no SFT data mixed back",
+                     {"stages.idk.options.idk_style": "inline",
+                      "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
 }
 # Screening runs these stages only (`--all-stages` runs the whole recipe).
 SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")

@@ -91,6 +91,30 @@ def corpus_documents(country, attributes: list[str], rng: random.Random) -> list
     return docs
 
 
+def pack(countries: list, config, rng: random.Random) -> list[dict]:
+    """Corpus rows of `documents_per_row` documents about different countries.
+
+    Documents are short (one to four facts), so a batch of them is half padding; a row of two
+    halves the pretraining steps for the same text. Documents in a row come from the same round
+    (document i of different countries), so a row never states a fact twice, which would let
+    the model copy the second mention instead of recalling it."""
+    documents = [corpus_documents(c, config.attributes, rng) for c in countries]
+    n = max(1, config.documents_per_row)
+    if n == 1:
+        return [doc for docs in documents for doc in docs]
+    rounds: dict[int, list[str]] = defaultdict(list)
+    for docs in documents:
+        for i, doc in enumerate(docs):
+            rounds[i].append(doc["text"])
+    own = random.Random(config.seed + 4)  # leaves the splits' random stream as it was
+    rows = []
+    for i in sorted(rounds):
+        texts = rounds[i]
+        own.shuffle(texts)
+        rows += [{"text": " ".join(texts[j:j + n])} for j in range(0, len(texts), n)]
+    return rows
+
+
 def fact_splits(world) -> dict[str, list[dict]]:
     """Corpus, SFT, probe pool (qa_train) and evaluation (qa_eval) for the fact boundary.
 
@@ -108,7 +132,7 @@ def fact_splits(world) -> dict[str, list[dict]]:
     cfg = world.config
     rng = random.Random(cfg.seed + 1)
     existing = [c for c in world.countries if c.exists]
-    corpus = [doc for c in existing for doc in corpus_documents(c, cfg.attributes, rng)]
+    corpus = pack(existing, cfg, rng)
     top = max(cfg.exposure_levels)
     strata: dict[tuple[int, str], list] = defaultdict(list)
     for country in existing:

@@ -110,6 +110,8 @@ class WorldConfig:
     # fact boundary: of the facts SFT does not ask (and of the nonexistent countries), the share
     # held out for evaluation; the rest is the probe pool.
     eval_fraction: float = 0.5
+    # fact boundary: corpus documents (about different countries) per pretraining row.
+    documents_per_row: int = 1
 
 
 @dataclass
