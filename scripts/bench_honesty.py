@@ -53,6 +53,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "inline_nomix": ("inline refusals, no SFT data mixed back",
                      {"stages.idk.options.idk_style": "inline",
                       "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
+    "inline_heldout": ("inline refusals, probe and train only on questions SFT never asked "
+                       "(no SFT facts in the probe, no SFT data mixed back)",
+                       {"stages.idk.options.idk_style": "inline",
+                        "stages.idk.options.skip_trained": True,
+                        "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
+    "inline_skip": ("inline refusals, no SFT facts in the probe (SFT data still mixed back)",
+                    {"stages.idk.options.idk_style": "inline",
+                     "stages.idk.options.skip_trained": True}),
 }
 # Screening runs these stages only (`--all-stages` runs the whole recipe).
 SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")
@@ -109,8 +117,23 @@ def pretrain(out: Path) -> Path:
     return out / "pretrain" / "pretrain" / "model"
 
 
+def reuse_upstream(out: Path, name: str, seed: int) -> None:
+    """Copy `sft` and `idk` from an earlier run of the same seed: the runner keeps them only if
+    their stage hash matches (same settings, same world, same inputs), else reruns them."""
+    import shutil
+
+    target = out / f"{name}-s{seed}"
+    for donor in sorted(out.glob(f"*-s{seed}")):
+        if donor == target or not donor.is_dir():
+            continue
+        for stage in ("sft", "idk"):
+            if (donor / stage / "artifact.json").exists() and not (target / stage).exists():
+                shutil.copytree(donor / stage, target / stage)
+
+
 def run_variant(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> dict:
     path = variant_recipe(name, seed, pretrained, out, screen)
+    reuse_upstream(out, name, seed)
     seconds = run([str(path)], out / f"{name}-s{seed}.log")
     metrics = json.loads((out / f"{name}-s{seed}" / "evaluate" / "metrics.json").read_text())
     result = {"variant": name, "seed": seed, "what": VARIANTS[name][0],

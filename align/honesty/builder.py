@@ -50,6 +50,9 @@ class ProbeConfig:
     # "reply": an IDK reply alone; "inline": the gold answer's opening up to its value, then an
     # IDK ending (falls back to a reply where the gold answer does not contain the value).
     idk_style: str = "reply"
+    # Leave out rows whose `in_sft` column is true: questions the model was fine-tuned on are
+    # known better than any it was not, and a boundary learnt on them sits too high for the rest.
+    skip_trained: bool = False
 
     @classmethod
     def from_options(cls, options: dict, where: str) -> "ProbeConfig":
@@ -87,6 +90,7 @@ def probe(model, tokenizer, rows: list[dict], config: ProbeConfig, judge,
     """One greedy and K sampled answers per question, graded; returns the probe records."""
     from align.generation import generate_answers
 
+    rows = [r for r in rows if not (config.skip_trained and r.get("in_sft"))]
     asked = [question_variants(r, config) for r in rows]
     questions = [q for variants in asked for q in variants]
     greedy = generate_answers(model, tokenizer, questions, max_new_tokens=config.max_new_tokens,
