@@ -31,7 +31,8 @@ OUT = ROOT / "runs" / "bench-honesty"
 
 # name -> (what it tries, dotted settings on the recipe; None removes a key).
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "shipped": ("the recipe as shipped", {}),
+    "shipped": ("the recipe as it was before issue 18 (reply-style refusals)", {}),
+    "final": ("the recipe as shipped now, on its own pretrained model", {}),
     "paraphrase": ("probe and train every phrasing of a question",
                    {"stages.idk.options.paraphrases": True}),
     "inline": ("inline refusals (the answer's opening, then I don't know)",
@@ -62,6 +63,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                     {"stages.idk.options.idk_style": "inline",
                      "stages.idk.options.skip_trained": True}),
 }
+# The recipe before issue 18's changes, which every screening variant starts from: the
+# variants add one change each to it, on a model pretrained on the unpacked corpus.
+BEFORE = {"world.documents_per_row": 1, "stages.idk.options.idk_style": "reply",
+          "stages.sft_idk.args.num_train_epochs": 3, "stages.dpo.args.learning_rate": 2.0e-5,
+          "stages.dpo.args.num_train_epochs": 2}
 # Screening runs these stages only (`--all-stages` runs the whole recipe).
 SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")
 
@@ -84,7 +90,9 @@ def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bo
         recipe["stages"] = {k: v for k, v in recipe["stages"].items() if k in SCREEN}
         recipe["stages"]["evaluate"]["from"] = [s for s in SCREEN if s not in ("idk", "evaluate")]
     recipe["stages"]["sft"].pop("from")
-    for key, value in VARIANTS[name][1].items():
+    settings = {} if name == "final" else dict(BEFORE)
+    settings.update(VARIANTS[name][1])
+    for key, value in settings.items():
         set_dotted(recipe, key, copy.deepcopy(value))
     for stage in recipe["stages"].values():
         stage.setdefault("args", {})["disable_tqdm"] = True
