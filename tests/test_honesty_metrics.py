@@ -196,3 +196,15 @@ def test_stage_metrics_tables_and_plot(tmp_path):
     assert "| honest |" in text and "seen 6x" in text and "capital" in text
     assert exposure_group({"exists": True}) == "unlabelled"
     assert plot_accuracy_hallucination(table, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_reference_probe_options():
+    from align.errors import AlignError
+    from align.stages.evaluate import PROBE_DEFAULTS, reference_probe_options
+
+    assert reference_probe_options({}) == PROBE_DEFAULTS
+    assert reference_probe_options(False) is None
+    assert reference_probe_options({"k": 2})["k"] == 2
+    for bad in ({"kk": 2}, {"known_threshold": 0.1, "unknown_threshold": 0.2}, {"k": 0}, "yes"):
+        with pytest.raises(AlignError):
+            reference_probe_options(bad)
