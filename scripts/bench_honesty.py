@@ -180,6 +180,18 @@ def render(results: list[dict]) -> str:
         for stage, m in r["stages"].items():
             lines.append(f"| {r['variant']} | {r['seed']} | {stage} | " + " | ".join(
                 pct(m["by_exposure"].get(g, {}).get("not_attempted")) for g in groups) + " |")
+    attributes = list(dict.fromkeys(a for r in results for m in r["stages"].values()
+                                    for a in m["by_attribute"]))
+    lines += ["", "Per attribute, refusal on model-unknown / model-known facts of real countries:",
+              "", "| variant | seed | stage | " + " | ".join(attributes) + " |",
+              "|---|---:|---|" + "---:|" * len(attributes)]
+    for r in results:
+        for stage, m in r["stages"].items():
+            if stage == "sft":
+                continue
+            lines.append(f"| {r['variant']} | {r['seed']} | {stage} | " + " | ".join(
+                f"{pct(m['by_attribute'][a]['refusal_unknown'])} / "
+                f"{pct(m['by_attribute'][a]['refusal_known'])}" for a in attributes) + " |")
     return "\n".join(lines) + "\n"
 
 

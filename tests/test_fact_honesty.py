@@ -14,7 +14,7 @@ from align.runner import run_recipe
 
 HONESTY = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "honesty.yaml"
 KEEP = ("pretrain", "sft", "idk", "sft_idk", "evaluate")
-WORLD = {"seed": 0, "n_entities": 48, "documents_per_row": 2}
+WORLD = {"seed": 0, "n_entities": 96, "documents_per_row": 3}
 # Refusal on model-unknown minus refusal on model-known held-out questions, after sft_idk.
 # Measured on this world at 0.52-0.55 (seeds 42 and 43, see benchmarks/honesty.md); refusing at
 # one rate whatever the model knows gives 0, and refusing by attribute gives at most the spread
@@ -26,6 +26,8 @@ def reduced_recipe(tmp_path) -> str:
     recipe = yaml.safe_load(HONESTY.read_text())
     stages = {name: recipe["stages"][name] for name in KEEP}
     stages["pretrain"]["args"].update(num_train_epochs=60)
+    # 40 SFT rows where the recipe has 80: smaller batches give it more steps.
+    stages["sft"]["args"]["per_device_train_batch_size"] = 8
     stages["idk"]["options"]["batch_size"] = 64
     stages["evaluate"]["from"] = ["sft", "sft_idk"]
     for stage in stages.values():
