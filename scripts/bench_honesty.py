@@ -195,6 +195,45 @@ def render(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def auroc(positive: list[float], negative: list[float]) -> float:
+    """P(a random positive scores above a random negative), ties counting half."""
+    wins = sum((a > b) + 0.5 * (a == b) for a in positive for b in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
+    """How well the model's own confidence at the value token (its largest next-token
+    probability after the answer's opening, "The capital of X is") separates the held-out
+    questions the probe labelled known from those labelled unknown: AUROC, all and per
+    attribute. The ceiling of any stage that refuses at that token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / stage / "model")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / stage / "model").eval()
+    world = {r["question"]: r for r in map(json.loads, open(run_dir / "world" / "qa_eval.jsonl"))}
+    scored = []
+    for answer in map(json.loads, open(run_dir / "evaluate" / "answers.jsonl")):
+        if answer["stage"] != "sft" or answer.get("model_label") not in ("known", "unknown"):
+            continue
+        row = world[answer["question"]]
+        opening = row["answer"][:row["answer"].find(row["answers"][0])].rstrip()
+        opening = opening[:-4] if opening.endswith(" the") else opening
+        text = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}],
+                                             tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text + opening, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            top = model(ids).logits[0, -1].softmax(-1).max().item()
+        scored.append((answer["model_label"] == "known", top, row["attribute"]))
+    out = {}
+    for attribute in ["all", *sorted({a for _, _, a in scored})]:
+        pick = [(k, t) for k, t, a in scored if attribute in ("all", a)]
+        pos, neg = [t for k, t in pick if k], [t for k, t in pick if not k]
+        out[attribute] = {"auroc": auroc(pos, neg) if pos and neg else math.nan,
+                          "known": len(pos), "unknown": len(neg)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -203,6 +242,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=[])
     parser.add_argument("--seeds", nargs="*", type=int, default=[42])
     parser.add_argument("--table", action="store_true", help="print every result as markdown")
+    parser.add_argument("--confidence", type=Path, metavar="RUN_DIR",
+                        help="AUROC of the sft model's value-token confidence in a finished run")
     parser.add_argument("--all-stages", action="store_true", help="every stage, not " + str(SCREEN))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +254,8 @@ def main() -> None:
         for seed in args.seeds:
             r = run_variant(name, seed, pretrained, args.out, not args.all_stages)
             print(f"{name} seed {seed}: {r['seconds']} s", flush=True)
+    if args.confidence:
+        print(json.dumps(value_confidence(args.confidence), indent=1))
     if args.table:
         results = [json.loads(line) for line in (args.out / "results.jsonl").read_text().splitlines()]
         print(render(results))
