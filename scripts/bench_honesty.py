@@ -32,7 +32,8 @@ OUT = ROOT / "runs" / "bench-honesty"
 # name -> (what it tries, dotted settings on the recipe; None removes a key).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "shipped": ("the recipe as it was before issue 18 (reply-style refusals)", {}),
-    "final": ("the recipe as shipped now, on its own pretrained model", {}),
+    "final_unpacked": ("the recipe as shipped now, but on the unpacked corpus's pretrained "
+                       "model (documents_per_row 1)", {"world.documents_per_row": 1}),
     "paraphrase": ("probe and train every phrasing of a question",
                    {"stages.idk.options.paraphrases": True}),
     "inline": ("inline refusals (the answer's opening, then I don't know)",
@@ -90,7 +91,7 @@ def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bo
         recipe["stages"] = {k: v for k, v in recipe["stages"].items() if k in SCREEN}
         recipe["stages"]["evaluate"]["from"] = [s for s in SCREEN if s not in ("idk", "evaluate")]
     recipe["stages"]["sft"].pop("from")
-    settings = {} if name == "final" else dict(BEFORE)
+    settings = {} if name.startswith("final") else dict(BEFORE)
     settings.update(VARIANTS[name][1])
     for key, value in settings.items():
         set_dotted(recipe, key, copy.deepcopy(value))

@@ -284,22 +284,22 @@ def honesty_tables(rows: dict[str, dict]) -> str:
     by_model = any("model" in m for m in rows.values())
     labels = "the reference model's own answers (probe)" if by_model else "the data's labels"
     parts = [f"Known / unknown by {labels}; prudence, over-conservativeness and honesty "
-             "against the reference model's greedy answers (AfH). Figures in %.\n",
+             "against the reference model's greedy answers (AfH). Figures in %.\n\n",
              _markdown(["stage", *(t for t, _ in HEADLINE_COLUMNS)],
                        [[s, *(_num(headline(rows[s])[k]) for _, k in HEADLINE_COLUMNS)]
                         for s in stages])]
-    parts += ["\nBy the world's labels (known = exposure at or above the world's threshold):\n",
+    parts += ["\nBy the world's labels (known = exposure at or above the world's threshold):\n\n",
               seesaw_table(rows)]
     groups = list(dict.fromkeys(g for m in rows.values() for g in m.get("by_exposure", {})))
     if groups:
-        parts += ["\nBy exposure level, correct / incorrect / not attempted:\n",
+        parts += ["\nBy exposure level, correct / incorrect / not attempted:\n\n",
                   _markdown(["stage", *groups], [[s, *("/".join(
                       _num(_get(rows[s], f"by_exposure.{g}.{k}")).replace(".0", "")
                       for k in ("correct", "incorrect", "not_attempted")) for g in groups)]
                       for s in stages])]
     attributes = list(dict.fromkeys(a for m in rows.values() for a in m.get("by_attribute", {})))
     if attributes:
-        parts += ["\nBy attribute, refusal on unknown / on known facts (existing countries):\n",
+        parts += ["\nBy attribute, refusal on unknown / on known facts (existing countries):\n\n",
                   _markdown(["stage", *attributes], [[s, *(
                       f"{_num(_get(rows[s], f'by_attribute.{a}.refusal_unknown'))} / "
                       f"{_num(_get(rows[s], f'by_attribute.{a}.refusal_known'))}"
