@@ -32,6 +32,8 @@ OUT = ROOT / "runs" / "bench-honesty"
 # name -> (what it tries, dotted settings on the recipe; None removes a key).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "shipped": ("the recipe as it was before issue 18 (reply-style refusals)", {}),
+    "final_nomix": ("the recipe as shipped now, no SFT data mixed back into sft_idk",
+                    {"stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
     "final_unpacked": ("the recipe as shipped now, but on the unpacked corpus's pretrained "
                        "model (documents_per_row 1)", {"world.documents_per_row": 1}),
     "paraphrase": ("probe and train every phrasing of a question",
