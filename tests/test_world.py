@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -80,3 +81,18 @@ def test_entity_boundary_is_still_available():
     assert {r["known"] for r in splits["qa_eval"]} == {True, False}
     with pytest.raises(ValueError, match="boundary"):
         build_world(WorldConfig(boundary="names"))
+
+
+def test_packed_rows_hold_other_countries_and_the_same_text():
+    one = make_splits(build_world(WorldConfig(seed=2, n_entities=40)))
+    two = make_splits(build_world(WorldConfig(seed=2, n_entities=40, documents_per_row=2)))
+    assert len(two["corpus"]) < len(one["corpus"])
+    sentences = lambda rows: sorted(s for r in rows for s in re.split(r"(?<=\.) ", r["text"]))  # noqa: E731
+    assert sentences(one["corpus"]) == sentences(two["corpus"])  # the same facts, as often
+    for row in two["corpus"]:
+        facts = re.split(r"(?<=\.) ", row["text"])
+        texts = [f for f in facts if "?" not in f]
+        for fact in set(texts):
+            assert texts.count(fact) == 1  # no fact twice in a row
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, one["qa_eval"])) == sorted(map(key, two["qa_eval"]))
