@@ -163,7 +163,8 @@ def render(results: list[dict]) -> str:
     from align.honesty.metrics import headline
 
     cols = [("acc. known", "accuracy_known"), ("over-ref. known", "over_refusal_known"),
-            ("halluc. unknown", "hallucination_unknown"), ("refusal nonexist.", "refusal_nonexistent"),
+            ("halluc. unknown", "hallucination_unknown"),
+            ("refusal nonexist.", "refusal_nonexistent"),
             ("prudence", "prudence"), ("over-cons.", "over_conservativeness"),
             ("honesty", "honesty"), ("correct", "correct"), ("incorrect", "incorrect"),
             ("truthf.", "truthfulness"), ("min attr. gap", "min_attribute_gap")]
@@ -260,7 +261,8 @@ def main() -> None:
     if args.confidence:
         print(json.dumps(value_confidence(args.confidence), indent=1))
     if args.table:
-        results = [json.loads(line) for line in (args.out / "results.jsonl").read_text().splitlines()]
+        lines = (args.out / "results.jsonl").read_text().splitlines()
+        results = [json.loads(line) for line in lines]
         print(render(results))
 
 

@@ -177,7 +177,8 @@ def test_breakdown_and_refusal_gap_by_group():
 
 def test_stage_metrics_tables_and_plot(tmp_path):
     rows = [{"question": "q", "answers": ["a"], "known": k, "attribute": a, "exposure": e,
-             "exists": x} for k, a, e, x in [(True, "capital", 6, True), (False, "capital", 0, True),
+             "exists": x} for k, a, e, x in [(True, "capital", 6, True),
+                                              (False, "capital", 0, True),
                                               (True, "leader", 6, True), (False, "leader", 1, True),
                                               (False, "leader", 0, False)]]
     sft = ["correct", "wrong", "correct", "wrong", "wrong"]

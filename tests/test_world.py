@@ -87,7 +87,9 @@ def test_packed_rows_hold_other_countries_and_the_same_text():
     one = make_splits(build_world(WorldConfig(seed=2, n_entities=40)))
     two = make_splits(build_world(WorldConfig(seed=2, n_entities=40, documents_per_row=2)))
     assert len(two["corpus"]) < len(one["corpus"])
-    sentences = lambda rows: sorted(s for r in rows for s in re.split(r"(?<=\.) ", r["text"]))  # noqa: E731
+    def sentences(rows):
+        return sorted(s for r in rows for s in re.split(r"(?<=\.) ", r["text"]))
+
     assert sentences(one["corpus"]) == sentences(two["corpus"])  # the same facts, as often
     for row in two["corpus"]:
         facts = re.split(r"(?<=\.) ", row["text"])
