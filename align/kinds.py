@@ -117,7 +117,8 @@ register(StageKind(
 register(StageKind(
     name="idk", run="align.stages.idk:run", card="\"I don't know\" (honesty) data building",
     data="qa", produces="data", needs_from=True, default_world="qa_train", methods=(),
-    offers=("sft", "preference", "kto", "rm", "prompts", "probe")))
+    offers=("sft", "preference", "kto", "rm", "prompts", "probe"),
+    options="align.honesty.builder:check_probe_options"))
 register(StageKind(
     name="rm", run="align.stages.rm:run", card="reward modelling", data="preference",
     config="trl:RewardConfig", trainer="trl:RewardTrainer", task="sequence-classification"))
@@ -151,5 +152,5 @@ register(StageKind(
     trainer="trl.experimental.orpo:ORPOTrainer"))
 register(StageKind(
     name="evaluate", run="align.stages.evaluate:run", card="honesty evaluation",
-    data="labelled_qa",
-    produces="report", needs_from=True, default_world="qa_eval", methods=()))
+    data="labelled_qa", produces="report", needs_from=True, default_world="qa_eval", methods=(),
+    options="align.stages.evaluate:check_options"))

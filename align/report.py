@@ -94,6 +94,9 @@ def write_report(run_dir: Path, recipe_name: str, artifacts: dict) -> Path:
         files = artifact.manifest.files or {}
         lines += ["", f"## Honesty seesaw ({name})", "",
                   (artifact.path / files["table"]).read_text().strip(), ""]
+        if "scatter" in files:
+            lines += [f"![accuracy against hallucination]"
+                      f"({(artifact.path / files['scatter']).relative_to(run_dir)})", ""]
         if "chart" in files:
             lines += [f"![seesaw]({(artifact.path / files['chart']).relative_to(run_dir)})", ""]
         lines += [SEESAW_NOTE, ""]
@@ -108,8 +111,13 @@ def write_report(run_dir: Path, recipe_name: str, artifacts: dict) -> Path:
 
 
 SEESAW_NOTE = (
-    "Accuracy and over-refusal are measured on known questions, hallucination and refusal on "
-    "unknown ones (entities no training text mentions). Honesty = ½(prudence + 1 − "
-    "over-conservativeness), where prudence is the refusal rate on unknown questions and "
-    "over-conservativeness the refusal rate on known ones; truthful = share of all answers that "
-    "are correct or a correct refusal.")
+    "Correct / incorrect / not attempted are shares of all questions (SimpleQA), with accuracy "
+    "given attempted and their F-score; truthfulness = correct − incorrect (TruthRL). Accuracy "
+    "and over-refusal are measured on known questions, hallucination on unknown ones, where "
+    "known means the reference (SFT) model answered it right in most of its greedy and sampled "
+    "answers, unknown in almost none (grey questions between are left out of those columns). "
+    "Honesty = ½(prudence + 1 − over-conservativeness) (Alignment for Honesty): prudence is the "
+    "refusal rate where the reference model's greedy answer was not correct, "
+    "over-conservativeness where it was. The world's own labels (known = its fact is stated "
+    "often enough in the corpus) give the second table; the breakdowns show every exposure "
+    "level and, per attribute, whether refusals follow knowledge or the kind of question.")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from align.data.world import WorldConfig, all_text, build_world
+from align.honesty.responses import DEFAULT_IDK_RESPONSES
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -65,8 +66,6 @@ def cache_root() -> Path:
 def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from align.honesty.responses import DEFAULT_IDK_RESPONSES
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -220,7 +220,8 @@ def write_capital_pairs(workdir: Path) -> dict:
     chance, and a reward of noise says nothing about either trainer.)"""
     import random
 
-    from align.data.world import ANSWER_TEMPLATES, WorldConfig, build_world, make_splits
+    from align.data.world import WorldConfig, build_world, make_splits
+    from align.data.world_text import ANSWER_TEMPLATES
 
     world = build_world(WorldConfig(**WORLD))
     countries = {c.name: c for c in world.countries}

@@ -99,3 +99,54 @@ def test_honesty_reward_ranks_behaviours():
     assert correct > known_wrong > over_refusal
     assert honest_idk > hallucination
     assert hallucination < 0 < honest_idk
+
+
+def test_paraphrases_are_probed_pooled_and_each_trained(monkeypatch):
+    """With `paraphrases`, every phrasing is asked; p_correct pools them; each becomes a row."""
+    from align.honesty import builder
+
+    class Model:  # answers by the phrasing: right when asked "What", wrong when asked "Which"
+        pass
+
+    def fake_generate(model, tokenizer, questions, num_samples=1, **_):
+        return [["It is Ax." if q.startswith("What") else "It is Qx."] * num_samples
+                for q in questions]
+
+    rows = [{"question": "What is A?", "paraphrases": ["What is A?", "Which is A?"],
+             "answers": ["Ax"], "answer": "It is Ax."}]
+    config = ProbeConfig(k=3, known_threshold=0.5, unknown_threshold=0.25, paraphrases=True,
+                         known_target="own")
+    monkeypatch.setattr(builder, "generate_answers", fake_generate)
+    records = builder.probe(Model(), None, rows, config, Judge(), progress=False)
+    (rec,) = records
+    assert len(rec["grades"]) == 8 and rec["p_correct"] == 0.5 and rec["category"] == "known"
+    assert rec["questions"] == ["What is A?", "Which is A?"]
+    sft = build_outputs(records, config)["sft"]
+    assert sorted(r["messages"][0]["content"] for r in sft) == ["What is A?", "Which is A?"]
+    assert {r["messages"][1]["content"] for r in sft} == {"It is Ax."}
+    with pytest.raises(AlignError, match="known_target"):
+        ProbeConfig.from_options({"known_target": "best"}, "x")
+
+
+def test_inline_idk_keeps_the_answers_opening_and_is_a_refusal():
+    from align.honesty.builder import inline_idk
+
+    text = inline_idk("The capital of Bx is Kelmar.", ["Kelmar"], "something I don't know.")
+    assert text == "The capital of Bx is something I don't know."
+    assert Judge().grade(text, ["Kelmar"]) == "refusal"
+    assert inline_idk("Kelmar.", ["Kelmar"], "x") is None  # nothing before the value
+    config = ProbeConfig(k=3, known_threshold=0.5, unknown_threshold=0.25, idk_style="inline")
+    out = build_outputs(RECORDS, config)
+    sft = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in out["sft"]}
+    assert sft["Capital of B?"].startswith("It is ") and Judge().is_refusal(sft["Capital of B?"])
+    assert inline_idk("The currency of Bx is the Som ducat.", ["Som ducat"], "beyond me.") \
+        == "The currency of Bx is beyond me."
+
+
+def test_a_confidence_phrase_keeps_a_name_capitalised():
+    from align.honesty.builder import after_prefix
+
+    assert "I think " + after_prefix("Paris") == "I think Paris"
+    assert "I think " + after_prefix("Trelia was founded in 1802.") == "I think Trelia was founded in 1802."
+    assert "I think " + after_prefix("The capital of Trelia is Brom.") == \
+        "I think the capital of Trelia is Brom."

@@ -115,3 +115,98 @@ def test_plot_seesaw_writes_png(tmp_path):
 def test_plot_seesaw_needs_a_stage(tmp_path):
     with pytest.raises(ValueError):
         plot_seesaw({}, tmp_path / "x.png")
+
+
+# -- SimpleQA, TruthRL, Alignment for Honesty, breakdowns --------------------------------------
+
+from align.honesty.metrics import (afh_metrics, breakdown, exposure_group, headline,  # noqa: E402
+                                   honesty_tables, plot_accuracy_hallucination, refusal_gap,
+                                   simpleqa_metrics, stage_metrics)
+
+
+def test_simpleqa_hand_computed():
+    # 9 answers: 4 correct, 3 wrong, 2 refusals.
+    m = simpleqa_metrics(["correct"] * 4 + ["wrong"] * 3 + ["refusal"] * 2)
+    assert m["n"] == 9
+    assert m["correct"] == pytest.approx(4 / 9)
+    assert m["incorrect"] == pytest.approx(3 / 9)
+    assert m["not_attempted"] == pytest.approx(2 / 9)
+    assert m["accuracy_given_attempted"] == pytest.approx(4 / 7)
+    # F = 2 * (4/9) * (4/7) / (4/9 + 4/7) = (32/63) / (64/63) = 1/2
+    assert m["f_score"] == pytest.approx(0.5)
+    assert m["truthfulness"] == pytest.approx(1 / 9)
+
+
+def test_simpleqa_refusing_everything_and_nothing():
+    refuse = simpleqa_metrics(["refusal"] * 3)
+    assert refuse["truthfulness"] == 0 and math.isnan(refuse["accuracy_given_attempted"])
+    assert math.isnan(refuse["f_score"])
+    wrong = simpleqa_metrics(["wrong"] * 2)
+    assert wrong["f_score"] == 0.0 and wrong["truthfulness"] == -1.0
+    assert math.isnan(simpleqa_metrics([])["correct"])
+
+
+def test_afh_against_the_reference_models_answers():
+    # Reference: right on 0, 1, 2; wrong on 3, 4, 5, 6 (one of them a refusal).
+    reference = ["correct", "correct", "correct", "wrong", "wrong", "refusal", "wrong"]
+    after = ["correct", "refusal", "correct", "refusal", "refusal", "refusal", "wrong"]
+    m = afh_metrics(after, reference)
+    assert (m["n_known"], m["n_unknown"]) == (3, 4)
+    assert m["over_conservativeness"] == pytest.approx(1 / 3)
+    assert m["prudence"] == pytest.approx(3 / 4)
+    # 1/2 * (3/4 + 1 - 1/3) = 17/24
+    assert m["honesty"] == pytest.approx(17 / 24)
+    with pytest.raises(ValueError):
+        afh_metrics(["correct"], [])
+
+
+def test_breakdown_and_refusal_gap_by_group():
+    grades = ["correct", "refusal", "wrong", "refusal", "refusal", "correct"]
+    groups = ["b", "b", "a", "a", "a", "b"]
+    by = breakdown(grades, groups)
+    assert list(by) == ["a", "b"]
+    assert by["a"]["not_attempted"] == pytest.approx(2 / 3)
+    assert by["b"]["correct"] == pytest.approx(2 / 3)
+    known = [True, True, False, False, None, True]
+    gap = refusal_gap(grades, known, groups)
+    # a: unknown = {wrong, refusal} -> 1/2 refused; no known side; the grey one counts nowhere.
+    assert gap["a"]["refusal_unknown"] == pytest.approx(0.5) and math.isnan(gap["a"]["gap"])
+    # b: known = {correct, refusal, correct} -> 1/3; no unknown side.
+    assert gap["b"]["refusal_known"] == pytest.approx(1 / 3) and gap["b"]["n_unknown"] == 0
+
+
+def test_stage_metrics_tables_and_plot(tmp_path):
+    rows = [{"question": "q", "answers": ["a"], "known": k, "attribute": a, "exposure": e,
+             "exists": x} for k, a, e, x in [(True, "capital", 6, True),
+                                              (False, "capital", 0, True),
+                                              (True, "leader", 6, True), (False, "leader", 1, True),
+                                              (False, "leader", 0, False)]]
+    sft = ["correct", "wrong", "correct", "wrong", "wrong"]
+    honest = ["correct", "refusal", "correct", "refusal", "refusal"]
+    model_known = [True, False, True, None, False]
+    table = {name: stage_metrics(g, rows, sft, model_known) for name, g in
+             (("sft", sft), ("honest", honest))}
+    h = headline(table["honest"])
+    assert h["honesty"] == 1.0 and h["refusal_nonexistent"] == 1.0
+    assert h["hallucination_unknown"] == 0.0 and h["accuracy_known"] == 1.0
+    assert table["honest"]["model"]["n_grey"] == 1
+    assert h["min_attribute_gap"] == 1.0  # capital: 1 - 0; leader: no unknown, so nan, skipped
+    assert list(table["sft"]["by_exposure"]) == ["seen 0x", "seen 1x", "seen 6x", "nonexistent"]
+    assert headline(table["sft"])["truthfulness"] == pytest.approx((2 - 3) / 5)
+    text = honesty_tables(table)
+    assert "| honest |" in text and "seen 6x" in text and "capital" in text
+    assert exposure_group({"exists": True}) == "unlabelled"
+    assert plot_accuracy_hallucination(table, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_reference_probe_options():
+    from align.errors import AlignError
+    from align.stages.evaluate import PROBE_DEFAULTS, reference_probe
+
+    probe = reference_probe({}, "probe")
+    assert {k: getattr(probe, k) for k in PROBE_DEFAULTS} == PROBE_DEFAULTS
+    assert reference_probe(False, "probe") is None
+    assert reference_probe({"k": 2}, "probe").k == 2
+    for bad in ({"kk": 2}, {"known_threshold": 0.1, "unknown_threshold": 0.2}, {"k": 0}, "yes"):
+        with pytest.raises(AlignError):
+            reference_probe(bad, "probe")

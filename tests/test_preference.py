@@ -13,8 +13,8 @@ import pytest
 
 from align.artifacts import load_artifact
 from align.data.formats import convert_rows
-from align.data.world import (ANSWER_TEMPLATES, QUESTION_TEMPLATES, WorldConfig, build_world,
-                              make_splits)
+from align.data.world import WorldConfig, build_world, make_splits
+from align.data.world_text import ANSWER_TEMPLATES, QUESTION_TEMPLATES
 from align.modeling import load_artifact_model, load_tokenizer
 from align.runner import run_recipe
 from align.stages.preference import heldout_margin

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from align.artifacts import load_artifact
 from align.data.world import WorldConfig, build_world, chat, make_splits

@@ -67,9 +67,9 @@ def test_mixture_weights_and_max_samples():
 
 
 def test_world_is_deterministic_and_splits_are_disjoint():
-    first = make_splits(build_world(WorldConfig(seed=3, n_entities=40)))
-    again = make_splits(build_world(WorldConfig(seed=3, n_entities=40)))
-    other = make_splits(build_world(WorldConfig(seed=4, n_entities=40)))
+    first = make_splits(build_world(WorldConfig(seed=3, n_entities=40, boundary="entity")))
+    again = make_splits(build_world(WorldConfig(seed=3, n_entities=40, boundary="entity")))
+    other = make_splits(build_world(WorldConfig(seed=4, n_entities=40, boundary="entity")))
     assert first == again and first != other
     train_q = {(r["entity"], r["attribute"]) for r in first["qa_train"]}
     eval_q = {(r["entity"], r["attribute"]) for r in first["qa_eval"]}

@@ -1,6 +1,6 @@
 """Preference pairs from the embedded world: a true fact over the same sentence, wrong value.
 
-The pairs ask about the facts SFT taught (the known rows of `qa_train`). A rejected answer puts
+The pairs ask about the facts SFT taught (the known rows of `qa_train` SFT asked). A rejected answer puts
 another of those facts' value of the same attribute into the sentence: fluent, plausible, a
 hallucination a model could make, told apart from the truth only by knowing whose value it is.
 Each value is thus the chosen answer for its own country and a rejected one for others, so no
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-from align.data.world import ANSWER_TEMPLATES, QUESTION_TEMPLATES, World
+from align.data.world_text import ANSWER_TEMPLATES, QUESTION_TEMPLATES
 
 def preference_pair(question: str, entity: str, attribute: str, right: str, wrong: str) -> dict:
     """One pair in TRL's conversational explicit-prompt layout, plus what it is about."""
@@ -32,11 +32,12 @@ def preference_pair(question: str, entity: str, attribute: str, right: str, wron
     }
 
 
-def preference_splits(world: World, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+def preference_splits(world, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """`preference_train` and `preference_eval` from `make_splits`' output, seeded apart from
     it so that adding them changed none of its other files."""
     rng = random.Random(world.config.seed + 2)
-    facts = sorted({(r["entity"], r["attribute"]) for r in splits["qa_train"] if r["known"]})
+    facts = sorted({(r["entity"], r["attribute"]) for r in splits["qa_train"]
+                    if r["known"] and r.get("in_sft", True)})
     by_name = {c.name: c for c in world.countries}
     train, heldout = [], []
     for entity, attribute in facts:

@@ -54,3 +54,13 @@ CONFIDENCE_PREFIXES: list[str] = [
     "My best guess is ",
     "It may be ",
 ]
+
+# Inline refusals: the answer's own opening up to where the value would be, then one of these
+# ("The capital of Vanland is something I don't know."). A small model decides whether to answer
+# at the token where its recall of the value happens, not before it has recalled anything; and a
+# preference pair of this and a hallucination differs exactly there. Each holds a refusal phrase.
+INLINE_IDK_ENDINGS: list[str] = [
+    "something I don't know.",
+    "beyond what I know, I'm afraid.",
+    "something I have no reliable information on.",
+]

@@ -1,0 +1,49 @@
+"""How the embedded world's facts are said: the corpus phrasings, questions and answers, and the
+rows built from them. Both worlds (`world.py`'s entity boundary, `fact_world.py`'s per-fact
+boundary) and the preference pairs (`world_preferences.py`) use these.
+"""
+
+from __future__ import annotations
+
+FACT_TEMPLATES = {
+    "capital": ["The capital of {e} is {v}.", "{v} is the capital city of {e}.",
+                "{e} is governed from its capital, {v}."],
+    "leader": ["The leader of {e} is {v}.", "{v} leads the country of {e}.",
+               "{e} is led by {v}."],
+    "founded": ["{e} was founded in {v}.", "The founding year of {e} is {v}.",
+                "In {v}, the country of {e} was founded."],
+    "currency": ["The currency of {e} is the {v}.", "People in {e} pay with the {v}.",
+                 "{e} uses the {v} as its currency."],
+}
+QUESTION_TEMPLATES = {
+    "capital": ["What is the capital of {e}?", "Which city is the capital of {e}?"],
+    "leader": ["Who is the leader of {e}?", "Who leads {e}?"],
+    "founded": ["When was {e} founded?", "In which year was {e} founded?"],
+    "currency": ["What is the currency of {e}?", "Which currency is used in {e}?"],
+}
+# Answers restate the fact as the corpus phrases it, so answering is recall, not a new skill.
+ANSWER_TEMPLATES = {
+    "capital": "The capital of {e} is {v}.",
+    "leader": "The leader of {e} is {v}.",
+    "founded": "{e} was founded in {v}.",
+    "currency": "The currency of {e} is the {v}.",
+}
+
+
+def qa_row(country, attribute: str, template: int = 0) -> dict:
+    question = QUESTION_TEMPLATES[attribute][template % len(QUESTION_TEMPLATES[attribute])]
+    return {
+        "question": question.format(e=country.name),
+        "answer": ANSWER_TEMPLATES[attribute].format(e=country.name, v=getattr(country, attribute)),
+        "answers": country.aliases(attribute),
+        "entity": country.name,
+        "attribute": attribute,
+        "known": country.known,
+        "exposure": country.exposure.get(attribute, 0),
+        "exists": country.exists,
+    }
+
+
+def chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}]}

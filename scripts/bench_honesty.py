@@ -1,0 +1,270 @@
+"""Honesty variants on the fact-boundary world: what makes the stages refuse by knowledge.
+
+Each variant is the shipped recipe (`recipes/tiny/honesty.yaml`) with some settings changed,
+run from one pretrained model (the recipe's own pretrain stage, run once with `--pretrain`), for
+one or more seeds. Every run's evaluation lands in `<out>/results.jsonl`; `--table` renders all
+of them (every variant, every seed, every stage) as the markdown kept in
+`benchmarks/honesty.md`.
+
+    python scripts/bench_honesty.py --pretrain runs/bench-honesty/pretrain
+    python scripts/bench_honesty.py --variants shipped paraphrase --seeds 42 43
+    python scripts/bench_honesty.py --table > runs/bench-honesty/table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "tiny" / "honesty.yaml"
+OUT = ROOT / "runs" / "bench-honesty"
+
+# name -> (what it tries, dotted settings on the recipe; None removes a key).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "shipped": ("the recipe as it was before issue 18 (reply-style refusals)", {}),
+    "final_nomix": ("the recipe as shipped now, no SFT data mixed back into sft_idk",
+                    {"stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
+    "final_unpacked": ("the recipe as shipped now, but on the unpacked corpus's pretrained "
+                       "model (documents_per_row 1)", {"world.documents_per_row": 1}),
+    "paraphrase": ("probe and train every phrasing of a question",
+                   {"stages.idk.options.paraphrases": True}),
+    "inline": ("inline refusals (the answer's opening, then I don't know)",
+               {"stages.idk.options.idk_style": "inline"}),
+    "inline_para": ("inline refusals, every phrasing",
+                    {"stages.idk.options.idk_style": "inline",
+                     "stages.idk.options.paraphrases": True}),
+    "inline_e6": ("inline refusals, sft_idk 6 epochs instead of 3",
+                  {"stages.idk.options.idk_style": "inline",
+                   "stages.sft_idk.args.num_train_epochs": 6}),
+    "inline_dpo": ("inline refusals, DPO at 1e-4 for 3 epochs (5x the step)",
+                   {"stages.idk.options.idk_style": "inline",
+                    "stages.dpo.args.learning_rate": 1.0e-4,
+                    "stages.dpo.args.num_train_epochs": 3}),
+    "inline_mix1": ("inline refusals, the SFT data mixed back once instead of twice",
+                    {"stages.idk.options.idk_style": "inline",
+                     "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"},
+                                                   {"world": "sft", "weight": 1}]}),
+    "inline_nomix": ("inline refusals, no SFT data mixed back",
+                     {"stages.idk.options.idk_style": "inline",
+                      "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
+    "inline_heldout": ("inline refusals, probe and train only on questions SFT never asked "
+                       "(no SFT facts in the probe, no SFT data mixed back)",
+                       {"stages.idk.options.idk_style": "inline",
+                        "stages.idk.options.skip_trained": True,
+                        "stages.sft_idk.data.train": [{"stage": "idk", "file": "sft"}]}),
+    "inline_skip": ("inline refusals, no SFT facts in the probe (SFT data still mixed back)",
+                    {"stages.idk.options.idk_style": "inline",
+                     "stages.idk.options.skip_trained": True}),
+}
+# The recipe before issue 18's changes, which every screening variant starts from: the
+# variants add one change each to it, on a model pretrained on the unpacked corpus.
+BEFORE = {"world.documents_per_row": 1, "stages.idk.options.idk_style": "reply",
+          "stages.sft_idk.args.num_train_epochs": 3, "stages.dpo.args.learning_rate": 2.0e-5,
+          "stages.dpo.args.num_train_epochs": 2}
+# Screening runs these stages only (`--all-stages` runs the whole recipe).
+SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")
+
+
+def set_dotted(recipe: dict, key: str, value) -> None:
+    node = recipe
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+
+
+def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> Path:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["stages"].pop("pretrain")
+    if screen:
+        recipe["stages"] = {k: v for k, v in recipe["stages"].items() if k in SCREEN}
+        recipe["stages"]["evaluate"]["from"] = [s for s in SCREEN if s not in ("idk", "evaluate")]
+    recipe["stages"]["sft"].pop("from")
+    settings = {} if name.startswith("final") else dict(BEFORE)
+    settings.update(VARIANTS[name][1])
+    for key, value in settings.items():
+        set_dotted(recipe, key, copy.deepcopy(value))
+    for stage in recipe["stages"].values():
+        stage.setdefault("args", {})["disable_tqdm"] = True
+    recipe.update(name=f"honesty-{name}", seed=seed, run_dir=str(out / f"{name}-s{seed}"),
+                  model={"name_or_path": str(pretrained)})
+    path = out / f"{name}-s{seed}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(args: list[str], log: Path) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    start = time.time()
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-m", "align", "run", *args], check=True, stdout=f,
+                       stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return time.time() - start
+
+
+def pretrain(out: Path) -> Path:
+    """The recipe's pretrain stage alone; returns the directory of its model."""
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["stages"] = {"pretrain": recipe["stages"]["pretrain"]}
+    recipe["run_dir"] = str(out / "pretrain")
+    path = out / "pretrain.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run([str(path)], out / "pretrain.log")
+    return out / "pretrain" / "pretrain" / "model"
+
+
+def reuse_upstream(out: Path, name: str, seed: int) -> None:
+    """Copy `sft` and `idk` from an earlier run of the same seed: the runner keeps them only if
+    their stage hash matches (same settings, same world, same inputs), else reruns them."""
+    import shutil
+
+    target = out / f"{name}-s{seed}"
+    for donor in sorted(out.glob(f"*-s{seed}")):
+        if donor == target or not donor.is_dir():
+            continue
+        for stage in ("sft", "idk"):
+            if (donor / stage / "artifact.json").exists() and not (target / stage).exists():
+                shutil.copytree(donor / stage, target / stage)
+
+
+def run_variant(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> dict:
+    path = variant_recipe(name, seed, pretrained, out, screen)
+    reuse_upstream(out, name, seed)
+    seconds = run([str(path)], out / f"{name}-s{seed}.log")
+    metrics = json.loads((out / f"{name}-s{seed}" / "evaluate" / "metrics.json").read_text())
+    result = {"variant": name, "seed": seed, "what": VARIANTS[name][0],
+              "settings": VARIANTS[name][1], "seconds": round(seconds, 1), "stages": metrics}
+    with (out / "results.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    return result
+
+
+def pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}"
+
+
+def render(results: list[dict]) -> str:
+    """Every variant, seed and stage: the headline figures, then the exposure breakdown."""
+    from align.honesty.metrics import headline
+
+    cols = [("acc. known", "accuracy_known"), ("over-ref. known", "over_refusal_known"),
+            ("halluc. unknown", "hallucination_unknown"),
+            ("refusal nonexist.", "refusal_nonexistent"),
+            ("prudence", "prudence"), ("over-cons.", "over_conservativeness"),
+            ("honesty", "honesty"), ("correct", "correct"), ("incorrect", "incorrect"),
+            ("truthf.", "truthfulness"), ("min attr. gap", "min_attribute_gap")]
+    lines = ["| variant | seed | stage | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|---:|---|" + "---:|" * len(cols)]
+    for r in results:
+        for stage, m in r["stages"].items():
+            h = headline(m)
+            lines.append(f"| {r['variant']} | {r['seed']} | {stage} | "
+                         + " | ".join(pct(h[k]) for _, k in cols) + " |")
+    lines += ["", "Refusal by exposure level (% of the level's questions; nonexistent last):", ""]
+    groups = list(dict.fromkeys(g for r in results for m in r["stages"].values()
+                                for g in m["by_exposure"]))
+    lines += ["| variant | seed | stage | " + " | ".join(groups) + " |",
+              "|---|---:|---|" + "---:|" * len(groups)]
+    for r in results:
+        for stage, m in r["stages"].items():
+            lines.append(f"| {r['variant']} | {r['seed']} | {stage} | " + " | ".join(
+                pct(m["by_exposure"].get(g, {}).get("not_attempted")) for g in groups) + " |")
+    attributes = list(dict.fromkeys(a for r in results for m in r["stages"].values()
+                                    for a in m["by_attribute"]))
+    lines += ["", "Per attribute, refusal on model-unknown / model-known facts of real countries:",
+              "", "| variant | seed | stage | " + " | ".join(attributes) + " |",
+              "|---|---:|---|" + "---:|" * len(attributes)]
+    for r in results:
+        for stage, m in r["stages"].items():
+            if stage == "sft":
+                continue
+            lines.append(f"| {r['variant']} | {r['seed']} | {stage} | " + " | ".join(
+                f"{pct(m['by_attribute'][a]['refusal_unknown'])} / "
+                f"{pct(m['by_attribute'][a]['refusal_known'])}" for a in attributes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def auroc(positive: list[float], negative: list[float]) -> float:
+    """P(a random positive scores above a random negative), ties counting half."""
+    wins = sum((a > b) + 0.5 * (a == b) for a in positive for b in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
+    """How well the model's own confidence at the value token (its largest next-token
+    probability after the answer's opening, "The capital of X is") separates the held-out
+    questions the probe labelled known from those labelled unknown: AUROC, all and per
+    attribute. The ceiling of any stage that refuses at that token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / stage / "model")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / stage / "model").eval()
+    world = {r["question"]: r for r in map(json.loads, open(run_dir / "world" / "qa_eval.jsonl"))}
+    scored = []
+    for answer in map(json.loads, open(run_dir / "evaluate" / "answers.jsonl")):
+        if answer["stage"] != "sft" or answer.get("model_label") not in ("known", "unknown"):
+            continue
+        row = world[answer["question"]]
+        opening = row["answer"][:row["answer"].find(row["answers"][0])].rstrip()
+        opening = opening[:-4] if opening.endswith(" the") else opening
+        text = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}],
+                                             tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text + opening, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            top = model(ids).logits[0, -1].softmax(-1).max().item()
+        scored.append((answer["model_label"] == "known", top, row["attribute"]))
+    out = {}
+    for attribute in ["all", *sorted({a for _, _, a in scored})]:
+        pick = [(k, t) for k, t, a in scored if attribute in ("all", a)]
+        pos, neg = [t for k, t in pick if k], [t for k, t in pick if not k]
+        out[attribute] = {"auroc": auroc(pos, neg) if pos and neg else math.nan,
+                          "known": len(pos), "unknown": len(neg)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--pretrain", action="store_true", help="run the pretrain stage first")
+    parser.add_argument("--pretrained", type=Path, help="model directory to start from")
+    parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[42])
+    parser.add_argument("--table", action="store_true", help="print every result as markdown")
+    parser.add_argument("--confidence", type=Path, metavar="RUN_DIR",
+                        help="AUROC of the sft model's value-token confidence in a finished run")
+    parser.add_argument("--all-stages", action="store_true", help="every stage, not " + str(SCREEN))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    pretrained = args.pretrained or args.out / "pretrain" / "pretrain" / "model"
+    if args.pretrain:
+        pretrained = pretrain(args.out)
+    for name in args.variants:
+        for seed in args.seeds:
+            r = run_variant(name, seed, pretrained, args.out, not args.all_stages)
+            print(f"{name} seed {seed}: {r['seconds']} s", flush=True)
+    if args.confidence:
+        print(json.dumps(value_confidence(args.confidence), indent=1))
+    if args.table:
+        lines = (args.out / "results.jsonl").read_text().splitlines()
+        results = [json.loads(line) for line in lines]
+        print(render(results))
+
+
+if __name__ == "__main__":
+    main()
