@@ -24,7 +24,7 @@ class DataError(AlignError):
             where.append(f"column '{column}'")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
-        self.path, self.row, self.column = path, row, column
+        self.path, self.row, self.column, self.reason = path, row, column, message
 
 
 class NonFiniteError(AlignError):

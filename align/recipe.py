@@ -25,12 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from align.artifacts import check_writable_dir
 from align.data.formats import FORMATS
+from align.data.sources import read_text
 from align.data.world import WorldConfig, build_world
-from align.errors import AlignError
+from align.errors import AlignError, DataError
 from align.kinds import KINDS, get_kind, model_kinds
 from align.modeling import check_local_model, model_layer_count, module_names
 from align.tiny import TinyConfig
 from align.trackers import check_report_to
+
 # Keys align sets itself; a recipe that sets them in `args` is refused rather than ignored.
 RESERVED_ARGS = ("output_dir", "resume_from_checkpoint", "logging_dir", "push_to_hub", "hub_token")
 
@@ -347,13 +349,10 @@ def read_recipe_text(path: Path) -> str:
         what = "a directory" if path.is_dir() else "not a regular file"
         raise RecipeError(f"{path}: the recipe path is {what}; give the path of a recipe YAML "
                           "file.")
-    data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
-                          "save the recipe as UTF-8.") from None
+        return read_text(path)
+    except DataError as exc:
+        raise RecipeError(f"{path}: line {exc.row}: {exc.reason}.") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -538,12 +537,12 @@ def config_class(kind: str):
     return get_kind(kind).config_class()
 
 
-def _accepts(annotation, value) -> bool:
+def accepts(annotation, value) -> bool:
     origin = typing.get_origin(annotation)
     if annotation is Any or annotation is typing.Any:
         return True
     if origin in (Union, types.UnionType):
-        return any(_accepts(a, value) for a in typing.get_args(annotation))
+        return any(accepts(a, value) for a in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if annotation is bool:
@@ -639,9 +638,9 @@ def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
         annotation = hints.get(key, fields[key].type)
         element = _list_element(annotation)
         if element is not None and not isinstance(value, (list, tuple)) \
-                and _accepts(element, value):
+                and accepts(element, value):
             stage.args[key] = value = [value]  # TRL's spelling: a scalar where a list is taken
-        if not _accepts(annotation, value):
+        if not accepts(annotation, value):
             raise RecipeError(f"{recipe.source}: '{where}' must be {_type_name(annotation)}, "
                               f"got {value!r} ({type(value).__name__}).")
     check_arg_values(cls, stage.args, f"stages.{name}.args", recipe.source)

@@ -20,13 +20,11 @@ import yaml
 
 from align.cli import main
 from conftest import SMALL_WORLD
+from test_bad_input import SFT_ROWS, jsonl, recipe, sft_with
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 CASES: dict[str, tuple[int, callable]] = {}
 
-QA = {"role": "user", "content": "Who leads Kathilland?"}
-ANSWER = {"role": "assistant", "content": "The leader of Kathilland is Shekris Vremmas."}
-SFT_ROWS = [{"messages": [QA, ANSWER]}] * 2
 PAIRS = [{"prompt": "Who leads Kathilland?", "chosen": "Shekris Vremmas.", "rejected": "Bob."}] * 2
 
 
@@ -35,31 +33,6 @@ def case(family: int, name: str):
         CASES[name] = (family, fn)
         return fn
     return register
-
-
-def jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def recipe(tmp: Path, stages: dict | None = None, rows=SFT_ROWS, **top) -> str:
-    """A one-stage SFT recipe on `sft.jsonl` (written from `rows`) unless `stages` says more."""
-    if rows is not None:
-        jsonl(tmp / "sft.jsonl", rows)
-    data = {"name": "t", "run_dir": str(tmp / "run"), "model": {"name_or_path": "tiny"},
-            "world": dict(SMALL_WORLD),
-            "stages": stages or {"sft": {"kind": "sft", "data": "sft.jsonl",
-                                         "args": {"max_steps": 1, "disable_tqdm": True}}},
-            **top}
-    path = tmp / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
-
-
-def sft_with(tmp: Path, **changes) -> str:
-    stage = {"kind": "sft", "data": "sft.jsonl", "args": {"max_steps": 1}}
-    stage.update(changes)
-    return recipe(tmp, {"sft": stage})
 
 
 def dpo_recipe(tmp: Path, data="pairs.jsonl", **dpo) -> str:

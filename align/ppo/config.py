@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from align.errors import AlignError
+from align.recipe import accepts
 from align.rewards.spec import parse_rewards
 
 
@@ -202,7 +203,7 @@ class PPOConfig:
         for f in dataclasses.fields(self):
             allowed = _allowed(hints[f.name])
             value = getattr(self, f.name)
-            if not any(_is(value, a) for a in allowed):
+            if not any(accepts(a, value) for a in allowed):
                 fail(f.name, "must be " + " or ".join(_name(a) for a in allowed))
 
     def _check_rewards(self, fail, prefix: str, where: str) -> None:
@@ -224,23 +225,6 @@ def _allowed(annotation) -> tuple:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return tuple(a for part in typing.get_args(annotation) for a in _allowed(part))
     return (annotation,)
-
-
-def _is(value, annotation) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is Literal:
-        return value in typing.get_args(annotation)
-    if origin is list:
-        return isinstance(value, (list, tuple))
-    raise TypeError(f"PPOConfig cannot check values of type {annotation}")  # a new field's type
 
 
 def _name(annotation) -> str:
