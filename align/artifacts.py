@@ -343,12 +343,16 @@ def record_checksums(root: Path) -> dict[str, dict[str, Any]]:
 _VERIFIED: dict[tuple, str] = {}
 
 
+class ArtifactChanged(AlignError):
+    """A finished artifact whose files no longer match what its manifest recorded."""
+
+
 def verify_artifact(path: Path, manifest: Manifest) -> None:
     """The files the manifest names exist, and every recorded file has its size and hash."""
     path = Path(path)
 
     def refuse(what: str) -> None:
-        raise AlignError(f"artifact '{manifest.name}' ({path}) does not match its manifest: "
+        raise ArtifactChanged(f"artifact '{manifest.name}' ({path}) does not match its manifest: "
                          f"{what}. It was changed after the stage finished; do not trust it. "
                          "Remove the directory and rerun `align run` to rebuild it.")
 

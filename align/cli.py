@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.verbose:
-        os.environ["ALIGN_VERBOSE"] = "1"  # read by modeling.filter_known_warnings
+        os.environ["ALIGN_VERBOSE"] = "1"  # read by console.filter_known_warnings
     try:
         return args.func(args)
     except AlignError as exc:

@@ -18,14 +18,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from align.artifacts import StageDirs, load_artifact, read_manifest
+from align.artifacts import ArtifactChanged, StageDirs, load_artifact, read_manifest
+from align.console import filter_known_warnings, quiet_progress_without_terminal
 from align.data.world import WorldConfig, build_world
 from align.distributed import process_state
 from align.errors import AlignError
 from align.hub import push_artifact
 from align.kinds import get_kind
 from align.lineage import check_inputs
-from align.modeling import filter_known_warnings, quiet_progress_without_terminal, resolve_base
+from align.modeling import resolve_base
 from align.profiles import is_single_process, profile_path
 from align.recipe import Recipe, load_recipe
 from align.report import write_report
@@ -42,8 +43,8 @@ def prepare_world(recipe: Recipe) -> Path | None:
     if not any(reads_world(recipe, stage) for stage in recipe.stages.values()):
         return None
     out = world_dir(recipe)
-    # The settings were checked with the recipe (recipe.check_world); files are rewritten only
-    # when their content changes.
+    # The settings were checked with the recipe (recipe.check_world_settings); files are
+    # rewritten only when their content changes.
     build_world(WorldConfig(**recipe.world)).write(out)
     return out
 
@@ -55,10 +56,10 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
         path = run_dir / upstream
         try:
             inputs[upstream] = load_artifact(path)
-        except AlignError as exc:
-            if "does not match its manifest" in str(exc):  # there, finished, but changed since
-                raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}': "
-                                 f"{exc}") from None
+        except ArtifactChanged as exc:  # there, finished, but changed since
+            raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}': "
+                             f"{exc}") from None
+        except AlignError:
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None
@@ -163,7 +164,7 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
         for i, name in enumerate(order, 1):
             if only and name not in only and not StageDirs(run_dir, name).final.exists():
                 continue  # not asked for and never built: its inputs may not exist yet
-            _, digest = inputs_and_hash(recipe, name)
+            inputs, digest = inputs_and_hash(recipe, name)
             dirs = StageDirs(run_dir, name)
             dirs.recover(digest)  # a commit a kill interrupted: finish it, do not redo the stage
             done = dirs.finished(digest)
@@ -176,8 +177,8 @@ def run_recipe(recipe_path: str, overrides: list[str] | None = None, *, only: li
             state = "resuming" if can_resume(dirs, digest) else "running"
             older = read_manifest(dirs.final)
             if older is not None and older.status == "complete":
-                inputs = {n: a.manifest.config_hash for n, a in finished_inputs(recipe, name).items()}
-                state = f"{state} ({rerun_reason(recipe, name, older, inputs)})"
+                hashes = {n: a.manifest.config_hash for n, a in inputs.items()}
+                state = f"{state} ({rerun_reason(recipe, name, older, hashes)})"
             print(f"{tag} {name} ({recipe.stages[name].kind}): {state}", flush=True)
             start = time.time()
             if in_process:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "align"
 
 # Lowest first; a module belongs to the layer of its longest matching prefix.
 LAYERS = [
-    ("errors", "importing", "jsonl"),
+    ("errors", "importing", "jsonl", "console"),
     ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core", "trackers"),
     ("kinds", "tiny", "generation", "modeling"),
     ("recipe", "lineage", "stage_data", "stage_hash", "honesty", "ppo", "rewards"),

@@ -23,7 +23,7 @@ def test_one_line_per_logging_step_without_a_terminal(tmp_path, tiny_model, capf
 
 
 def test_only_a_new_score_head_load_report_is_filtered():
-    from align.modeling import ExpectedNewHead, _is_new_head_report
+    from align.console import ExpectedNewHead, _is_new_head_report
 
     head = ("\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: /m\n"
             "Key          | Status  | \n-------------+---------+-\nscore.weight | MISSING | \n\n"

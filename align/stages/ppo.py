@@ -26,6 +26,7 @@ from align.rewards.sources import (RewardModelSource, build_reward, check_callab
 from align.ppo.trainer import PPOTrainer
 from align.profiles import check_stage, running_class
 from align.stages.context import StageContext
+from align.stages.summary import finite_mean, fmt, quarters
 
 STATS_FILE = "stats.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -87,14 +88,10 @@ def run(ctx: StageContext):
     metrics.update(ctx.replica_check(trainer.unwrapped, step=trainer.step, kl_coef=trainer.kl_ctl.value,
                                      score_moments=trainer.shaper.state_dict(),
                                      scores=[row["score_raw"] for row in history]))
-    ctx.log("score by quarter: " + " -> ".join(_fmt(s) for s in metrics["score_by_quarter"])
-            + f" | kl last {_fmt(metrics['kl_last'], 4)} | eos rate last {_fmt(metrics['eos_rate_last'], 2)}")
+    ctx.log("score by quarter: " + " -> ".join(fmt(s) for s in metrics["score_by_quarter"])
+            + f" | kl last {fmt(metrics['kl_last'], 4)} | eos rate last {fmt(metrics['eos_rate_last'], 2)}")
     return ctx.finish(model=ctx.model_ref(), tokenizer="model", metrics=metrics,
                       files={"stats": STATS_FILE, "samples": SAMPLES_FILE})
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -152,15 +149,8 @@ def summarise(history: list[dict]) -> dict:
     if not history:
         return {"steps": 0}
     quarter = max(1, len(history) // 4)
-
-    def mean(key, rows):
-        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        return sum(values) / len(values) if values else float("nan")
-
-    n = len(history)
-    bounds = [round(i * n / 4) for i in range(5)]
-    by_quarter = [mean("score_raw", history[a:b] or history[min(a, n - 1):min(a, n - 1) + 1])
-                  for a, b in zip(bounds, bounds[1:])]
+    mean = finite_mean
+    by_quarter = [mean("score_raw", part) for part in quarters(history)]
     first, last = history[:quarter], history[-quarter:]
     return _finite_or_none({
         "steps": history[-1]["step"], "episodes": history[-1]["episodes"],

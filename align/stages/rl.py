@@ -20,10 +20,11 @@ align sets `beta` (the KL coefficient) to 0.04 for grpo when `args` do not, wher
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from accelerate.utils import gather_object
 
 from align.errors import AlignError
 from align.kinds import get_kind
@@ -32,7 +33,7 @@ from align.rewards.sources import RewardModelSource, check_callables
 from align.rewards.spec import check_rl_options, uses_rm
 from align.rewards.trl import trl_reward_funcs
 from align.stages.context import StageContext
-from align.stages.summary import loss_summary
+from align.stages.summary import finite_mean, fmt, loss_summary, quarters
 
 # Stage defaults where align's differ from TRL's (any of them can be set in `args`).
 DEFAULTS = {"grpo": {"beta": 0.04, "logging_steps": 1}, "rloo": {"logging_steps": 1}}
@@ -58,8 +59,8 @@ def run(ctx: StageContext):
     names = [f.__name__ for f in setup.reward_funcs]
     metrics = {**loss_summary(trainer.state.log_history), **summarise(trainer.state.log_history, names),
                **counts, "non_finite": non_finite_counts(ctx, setup.reward_funcs)}
-    ctx.log("reward by quarter: " + " -> ".join(_fmt(v) for v in metrics["reward_by_quarter"])
-            + f" | kl last {_fmt(metrics.get('kl_last'), 4)}")
+    ctx.log("reward by quarter: " + " -> ".join(fmt(v) for v in metrics["reward_by_quarter"])
+            + f" | kl last {fmt(metrics.get('kl_last'), 4)}")
     return ctx.finish_model(trainer, setup.tokenizer, metrics)
 
 
@@ -67,8 +68,6 @@ def non_finite_counts(ctx: StageContext, funcs) -> dict[str, int]:
     """Each source's non-finite values over all processes (each scored its own rows)."""
     mine = [f.non_finite for f in funcs]
     if ctx.state.num_processes > 1:
-        from accelerate.utils import gather_object
-
         everyone = gather_object([mine])
         mine = [sum(column) for column in zip(*everyone)]
     return {f.__name__: n for f, n in zip(funcs, mine)}
@@ -154,17 +153,11 @@ def summarise(history: list[dict], names: list[str]) -> dict:
     rows = [h for h in history if "reward" in h]
     if not rows:
         return {"reward_by_quarter": []}
-    n = len(rows)
-    bounds = [round(i * n / 4) for i in range(5)]
-    quarters = [rows[a:b] or rows[min(a, n - 1):min(a, n - 1) + 1] for a, b in zip(bounds, bounds[1:])]
-    first, last = quarters[0], quarters[-1]
-
-    def mean(key, part):
-        values = [r[key] for r in part if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        return sum(values) / len(values) if values else None
-
+    parts = quarters(rows)
+    first, last = parts[0], parts[-1]
+    mean = finite_mean
     out = {
-        "reward_by_quarter": [mean("reward", q) for q in quarters],
+        "reward_by_quarter": [mean("reward", q) for q in parts],
         "reward_first": mean("reward", first), "reward_last": mean("reward", last),
         "kl_last": mean("kl", last), "kl_max": max((r["kl"] for r in rows if "kl" in r), default=None),
         "entropy_last": mean("entropy", last),
@@ -173,9 +166,5 @@ def summarise(history: list[dict], names: list[str]) -> dict:
                                   "last": mean(f"rewards/{name}/mean", last)} for name in names},
     }
     for key in sorted({k for r in rows for k in r if k.startswith("honesty/")}):
-        out[key.replace("/", "_")] = [mean(key, q) for q in quarters]
+        out[key.replace("/", "_")] = [mean(key, q) for q in parts]
     return out
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

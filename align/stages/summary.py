@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
+
+def finite_mean(key: str, rows: list[dict]) -> float | None:
+    """Mean of `key` over the rows where it is a finite number (None when there is none)."""
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return sum(values) / len(values) if values else None
+
+
+def quarters(rows: list[dict]) -> list[list[dict]]:
+    """The rows in four consecutive parts (a part of a short run repeats its nearest row), so an
+    RL stage's reward can be read first quarter against last."""
+    n = len(rows)
+    bounds = [round(i * n / 4) for i in range(5)]
+    return [rows[a:b] or rows[min(a, n - 1):min(a, n - 1) + 1] for a, b in zip(bounds, bounds[1:])]
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
 
 def loss_summary(log_history: list[dict], *, window: int = 3) -> dict:
     """First/last train loss, final/best eval loss, and an overfitting flag.
