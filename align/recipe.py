@@ -532,11 +532,6 @@ def topological_order(recipe: Recipe) -> list[str]:
 # Stage args against the TRL config classes
 
 
-def config_class(kind: str):
-    """The config class a stage's `args` feed (None for kinds configured by `options` only)."""
-    return get_kind(kind).config_class()
-
-
 def accepts(annotation, value) -> bool:
     origin = typing.get_origin(annotation)
     if annotation is Any or annotation is typing.Any:
@@ -608,7 +603,7 @@ def _type_name(annotation) -> str:
 
 
 def check_stage_args(recipe: Recipe, name: str, stage: Stage) -> None:
-    cls = config_class(stage.kind)
+    cls = get_kind(stage.kind).config_class()  # None: a kind set by `options` only
     if cls is None:
         if stage.args:
             raise RecipeError(f"{recipe.source}: stages.{name}.args: a {stage.kind} stage takes "

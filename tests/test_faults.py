@@ -150,7 +150,8 @@ def test_defaults_clip_gradients_and_bound_checkpoints(tmp_path):
     unless the recipe says otherwise."""
     from align.artifacts import StageDirs
     from align.ppo.config import PPOConfig
-    from align.recipe import config_class, load_recipe
+    from align.kinds import get_kind
+    from align.recipe import load_recipe
     from align.stages.context import StageContext
 
     stages = {"sft": {"kind": "sft", "data": "world:sft"},
@@ -163,7 +164,7 @@ def test_defaults_clip_gradients_and_bound_checkpoints(tmp_path):
     for name, stage in recipe.stages.items():
         ctx = StageContext(recipe=recipe, name=name, stage=stage, inputs={},
                            dirs=StageDirs(tmp_path / "run", name), config_hash="x", base_model="tiny")
-        args = ctx.training_args(config_class(stage.kind))
+        args = ctx.training_args(get_kind(stage.kind).config_class())
         expected = (0.5, 5) if name == "own" else (1.0, 2)
         assert (args.max_grad_norm, args.save_total_limit) == expected, name
     ppo = PPOConfig.from_args({"rewards": [{"source": "align.rewards:correct_answer"}]})
