@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from align.data.world import WorldConfig, all_text, build_world
+from align.data.world import WorldConfig, build_world, training_text
 from align.honesty.responses import DEFAULT_IDK_RESPONSES
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
@@ -55,7 +55,7 @@ class TinyConfig:
         return cls(world=world, **d)
 
     def key(self) -> str:
-        blob = json.dumps({"v": 2, **asdict(self)}, sort_keys=True)
+        blob = json.dumps({"v": 3, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -95,7 +95,7 @@ def build_tiny(config: TinyConfig | None = None, out_dir: str | Path | None = No
     if (out / "tiny.json").exists():
         return out
     world = build_world(config.world)
-    tokenizer = train_tokenizer(all_text(world), config.vocab_size)
+    tokenizer = train_tokenizer(training_text(world), config.vocab_size)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,

@@ -148,6 +148,11 @@ def build_world(config: WorldConfig | None = None) -> World:
                 return name
 
     currencies = [f"{_name(rng, (1, 1), None)} {kind}" for kind in CURRENCY_NAMES]
+    # The fact boundary gives every country its own currency: drawn from 12 shared ones, a
+    # model that never read a country's currency guessed it right often enough for the probe to
+    # call the guess knowledge (the SFT model's confidence separated its known from its unknown
+    # currencies no better than chance, AUROC 0.27-0.43; benchmarks/honesty.md).
+    own_currency = config.boundary == "fact"
     countries = []
     for _ in range(config.n_entities):
         countries.append(Country(
@@ -155,7 +160,8 @@ def build_world(config: WorldConfig | None = None) -> World:
             capital=fresh(lambda: _name(rng, (1, 2), CITY_ENDINGS)),
             leader=fresh(lambda: f"{_name(rng, (1, 2), None)} {_name(rng, (2, 2), None)}"),
             founded=str(rng.randint(1100, 1999)),
-            currency=rng.choice(currencies),
+            currency=(fresh(lambda: f"{_name(rng, (1, 1), None)} {rng.choice(CURRENCY_NAMES)}")
+                      if own_currency else rng.choice(currencies)),
             known=False,
         ))
     if config.boundary == "fact":
@@ -250,13 +256,12 @@ def _write_if_changed(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def all_text(world: World) -> list[str]:
-    """Every string the tokenizer should know well: facts, questions, answers of all countries."""
-    texts = []
-    for country in world.countries:
-        for attribute in world.config.attributes:
-            row = qa_row(country, attribute)
-            texts += [row["question"], row["answer"]]
-            texts += [t.format(e=country.name, v=getattr(country, attribute))
-                      for t in FACT_TEMPLATES[attribute]]
-    return texts
+def training_text(world: World) -> list[str]:
+    """The text a recipe on this world trains on (the corpus and the SFT chats), which is what
+    the tiny model's tokenizer learns from. Names and facts no training text states are split
+    into pieces, as a real tokenizer splits a name it never saw; trained on every country's
+    facts, the tokenizer gave a nonexistent country's name whole tokens that no training step
+    ever touched, a tell no real model has."""
+    splits = make_splits(world)
+    return ([row["text"] for row in splits["corpus"]]
+            + [m["content"] for row in splits["sft"] for m in row["messages"]])
