@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from align.kinds import get_kind
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny" / "honesty.yaml"
 OUT = ROOT / "runs" / "bench-honesty"
@@ -65,6 +67,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "inline_skip": ("inline refusals, no SFT facts in the probe (SFT data still mixed back)",
                     {"stages.idk.options.idk_style": "inline",
                      "stages.idk.options.skip_trained": True}),
+    # Round 2 (the world with a currency per country and the tokenizer of its training text):
+    # on the shipped recipe, like every `final*` variant.
+    "final": ("the recipe as shipped", {}),
+    "final_freeze1": ("sft_idk trains only the top decoder layer (method freeze): the refusal "
+                      "is read off the features the SFT model already has, not relearnt",
+                      {"stages.sft_idk.method": {"type": "freeze", "trainable_layers": 1}}),
+    "final_freeze2": ("sft_idk trains only the top two decoder layers",
+                      {"stages.sft_idk.method": {"type": "freeze", "trainable_layers": 2}}),
+    "final_lora": ("sft_idk as a LoRA adapter (r 16, every projection)",
+                   {"stages.sft_idk.method": "lora",
+                    "stages.sft_idk.args.learning_rate": 1.0e-3}),
+    "final_own": ("known questions trained on the model's own correct answer",
+                  {"stages.idk.options.known_target": "own"}),
 }
 # The recipe before issue 18's changes, which every screening variant starts from: the
 # variants add one change each to it, on a model pretrained on the unpacked corpus.
@@ -86,6 +101,13 @@ def set_dotted(recipe: dict, key: str, value) -> None:
         node[parts[-1]] = value
 
 
+def quiet(recipe: dict) -> None:
+    """No progress bars in the logs, for the stages that train (the others take no `args`)."""
+    for stage in recipe["stages"].values():
+        if get_kind(stage["kind"]).config_class() is not None:
+            stage.setdefault("args", {})["disable_tqdm"] = True
+
+
 def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> Path:
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["stages"].pop("pretrain")
@@ -97,8 +119,7 @@ def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bo
     settings.update(VARIANTS[name][1])
     for key, value in settings.items():
         set_dotted(recipe, key, copy.deepcopy(value))
-    for stage in recipe["stages"].values():
-        stage.setdefault("args", {})["disable_tqdm"] = True
+    quiet(recipe)
     recipe.update(name=f"honesty-{name}", seed=seed, run_dir=str(out / f"{name}-s{seed}"),
                   model={"name_or_path": str(pretrained)})
     path = out / f"{name}-s{seed}.yaml"
@@ -116,10 +137,12 @@ def run(args: list[str], log: Path) -> float:
     return time.time() - start
 
 
-def pretrain(out: Path) -> Path:
-    """The recipe's pretrain stage alone; returns the directory of its model."""
+def pretrain(out: Path, settings: dict) -> Path:
+    """The recipe's pretrain stage alone (with `settings`); returns the directory of its model."""
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["stages"] = {"pretrain": recipe["stages"]["pretrain"]}
+    for key, value in settings.items():
+        set_dotted(recipe, key, value)
     recipe["run_dir"] = str(out / "pretrain")
     path = out / "pretrain.yaml"
     out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +265,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--pretrain", action="store_true", help="run the pretrain stage first")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted recipe settings for --pretrain (YAML values), e.g. "
+                             "model.tiny.vocab_size=2048")
     parser.add_argument("--pretrained", type=Path, help="model directory to start from")
     parser.add_argument("--variants", nargs="*", default=[])
     parser.add_argument("--seeds", nargs="*", type=int, default=[42])
@@ -253,7 +279,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pretrained = args.pretrained or args.out / "pretrain" / "pretrain" / "model"
     if args.pretrain:
-        pretrained = pretrain(args.out)
+        settings = dict(item.split("=", 1) for item in args.set)
+        pretrained = pretrain(args.out, {k: yaml.safe_load(v) for k, v in settings.items()})
     for name in args.variants:
         for seed in args.seeds:
             r = run_variant(name, seed, pretrained, args.out, not args.all_stages)
