@@ -13,7 +13,6 @@ from pathlib import Path
 
 from align.artifacts import MANIFEST, Artifact, load_artifact
 from align.errors import AlignError
-from align.tiny import TinyConfig, build_tiny
 
 # Functions here take a recipe's `model` settings and a stage's `method` (recipe.MethodSpec) as
 # plain objects: the recipe module imports this one to check model directories.
@@ -30,15 +29,6 @@ def torch_dtype(name: str | None):
     if name in (None, "auto"):
         return "auto"
     return getattr(torch, DTYPES[name])
-
-
-def resolve_base(recipe) -> str:
-    """The recipe's base model as a loadable reference (the tiny model is built on demand)."""
-    if recipe.model.name_or_path == "tiny":
-        return str(build_tiny(TinyConfig.from_dict({**recipe.model.tiny, "world": recipe.world})))
-    ref = recipe.model.name_or_path
-    local = recipe.resolve_path(ref)
-    return str(local) if local.exists() else ref
 
 
 def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):

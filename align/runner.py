@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from align.artifacts import ArtifactChanged, StageDirs, load_artifact, read_manifest
+from align.base_model import resolve_base
 from align.console import filter_known_warnings, quiet_progress_without_terminal
 from align.data.world import WorldConfig, build_world
 from align.distributed import process_state
@@ -26,7 +27,6 @@ from align.errors import AlignError
 from align.hub import push_artifact
 from align.kinds import get_kind
 from align.lineage import check_inputs
-from align.modeling import resolve_base
 from align.profiles import is_single_process, profile_path
 from align.recipe import Recipe, load_recipe
 from align.report import write_report

@@ -47,17 +47,20 @@ class PreparedSource:
 
 class StageData:
     """A stage's sources, read the one way. `world` (split -> rows) stands in for the world's
-    files before the runner has written them; `tokenizer` is called when prompts need measuring."""
+    files before the runner has written them; `tokenizer` is called when prompts need measuring;
+    `max_rows` reads only the first rows of each file (a sample, not the training data)."""
 
     def __init__(self, recipe: Recipe, name: str, inputs: dict[str, Artifact] | None = None, *,
                  world: dict[str, list[dict]] | None = None,
-                 tokenizer: Callable[[], Any] | None = None, log: Callable[[str], None] | None = None):
+                 tokenizer: Callable[[], Any] | None = None, log: Callable[[str], None] | None = None,
+                 max_rows: int | None = None):
         self.recipe, self.name, self.stage = recipe, name, recipe.stages[name]
         self.inputs = inputs or {}
         self.world = world
         self.tokenizer = tokenizer
         self.log = log or (lambda message: None)
         self.dropped: dict[str, int] = {}
+        self.max_rows = max_rows
 
     @property
     def on_error(self) -> str:
@@ -75,14 +78,16 @@ class StageData:
     def read(self, src: DataSource) -> tuple[str, list[dict]]:
         """(display name, rows) of one source."""
         if src.path:
-            return str(src.path), read_local(self.recipe.resolve_path(src.path))
+            return str(src.path), read_local(self.recipe.resolve_path(src.path), self.max_rows)
         if src.hub:
             return f"hub:{src.hub}", read_hub(src.hub, src.subset, src.split)
         if src.world:
             if self.world is not None:
-                return f"world:{src.world}", self.world[src.world]
-            return f"world:{src.world}", read_local(world_dir(self.recipe) / f"{src.world}.jsonl")
-        return f"{src.stage}/{src.file}", read_local(self.inputs[src.stage].file(src.file))
+                return f"world:{src.world}", self.world[src.world][:self.max_rows]
+            return f"world:{src.world}", read_local(world_dir(self.recipe) / f"{src.world}.jsonl",
+                                                    self.max_rows)
+        return f"{src.stage}/{src.file}", read_local(self.inputs[src.stage].file(src.file),
+                                                     self.max_rows)
 
     def prepare(self, src: DataSource, index: int, target: str) -> PreparedSource:
         """Read, rename, take, convert and (for prompted targets) fit one source."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from align.artifacts import config_hash, file_fingerprint
+from align.base_model import tokenizer_texts
 from align.kinds import get_kind
 from align.recipe import Recipe, Stage
 from align.stage_data import world_dir
+from align.tiny import text_digest
 
 # Trainer args that change what is shown or how often it is saved, not what is trained: changing
 # them must not make a finished stage stale. (save_steps also sets eval_steps when a stage
@@ -45,12 +47,17 @@ def stage_config(recipe: Recipe, name: str) -> dict:
     block["args"] = {k: v for k, v in block["args"].items() if k not in shown}
     block.pop("push_to_hub", None)
     block.pop("keep_checkpoints", None)
-    return {
+    config = {
         "stage": block,
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
         "world": recipe.world if reads_world(recipe, stage) else None,
     }
+    if recipe.model.name_or_path == "tiny":
+        # The tiny base's tokenizer learns from every model stage's files (base_model.py): an
+        # edit to another stage's data changes this stage's base model.
+        config["tiny_tokenizer_text"] = text_digest(tokenizer_texts(recipe))
+    return config
 
 
 def data_files(recipe: Recipe, name: str) -> list[Path]:

@@ -1,10 +1,11 @@
-"""The embedded tiny model: a small Llama and a byte-level BPE tokenizer trained on the world.
+"""The embedded tiny model: a small Llama and a byte-level BPE tokenizer trained on its text.
 
 It lets the whole pipeline run on a CPU in minutes with no download. The model is randomly
 initialised (the `pretrain` stage teaches it the world); the chat template marks assistant
 turns with `{% generation %}` so TRL's assistant-only loss works on it as on a real model.
-Builds are cached by their settings, so every recipe and test that asks for the same settings
-shares one build.
+The tokenizer learns from the text the model will train on (the world's, or a recipe's own:
+`base_model.tokenizer_texts`). Builds are cached by their settings and that text, so every
+recipe and test that asks for the same shares one build.
 """
 
 from __future__ import annotations
@@ -54,9 +55,19 @@ class TinyConfig:
         world = WorldConfig(**d.pop("world", {}) or {})
         return cls(world=world, **d)
 
-    def key(self) -> str:
-        blob = json.dumps({"v": 3, **asdict(self)}, sort_keys=True)
+    def key(self, texts: list[str]) -> str:
+        """The build's cache key: these settings and the text the tokenizer learns from."""
+        blob = json.dumps({"v": 4, **asdict(self), "text": text_digest(texts)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def text_digest(texts: list[str]) -> str:
+    """A hash of a list of texts (each one's length is hashed too, so no two lists collide)."""
+    h = hashlib.sha256()
+    for text in texts:
+        data = text.encode()
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
 
 
 def cache_root() -> Path:
@@ -85,17 +96,20 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tokenizer
 
 
-def build_tiny(config: TinyConfig | None = None, out_dir: str | Path | None = None) -> Path:
-    """Build (or reuse) the tiny model and tokenizer; returns the directory that holds them."""
+def build_tiny(config: TinyConfig | None = None, out_dir: str | Path | None = None,
+               texts: list[str] | None = None) -> Path:
+    """Build (or reuse) the tiny model and tokenizer; returns the directory that holds them.
+    `texts` is what the tokenizer learns from: by default the world's training text; a recipe
+    passes the text its stages train on (`base_model.tokenizer_texts`)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     config = config or TinyConfig()
-    out = Path(out_dir) if out_dir else cache_root() / "tiny" / config.key()
+    texts = training_text(build_world(config.world)) if texts is None else texts
+    out = Path(out_dir) if out_dir else cache_root() / "tiny" / config.key(texts)
     if (out / "tiny.json").exists():
         return out
-    world = build_world(config.world)
-    tokenizer = train_tokenizer(training_text(world), config.vocab_size)
+    tokenizer = train_tokenizer(texts, config.vocab_size)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
@@ -115,7 +129,10 @@ def build_tiny(config: TinyConfig | None = None, out_dir: str | Path | None = No
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "tiny.json").write_text(json.dumps(asdict(config), indent=1))
+        learned = {"texts": len(texts), "characters": sum(map(len, texts)),
+                   "digest": text_digest(texts)}
+        (tmp / "tiny.json").write_text(json.dumps({**asdict(config), "tokenizer_text": learned},
+                                                  indent=1))
         try:
             tmp.rename(out)
         except OSError:  # another process built it first

@@ -14,11 +14,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from functools import cache
 
+from align.base_model import resolve_base
 from align.data.formats import LayoutError
 from align.data.lengths import PROMPTED_TARGETS
 from align.data.world import WorldConfig, build_world, make_splits
 from align.kinds import get_kind
-from align.modeling import load_tokenizer, resolve_base
+from align.modeling import load_tokenizer
 from align.profiles import DESCRIBE, check_stage, classify_file, profile_path
 from align.errors import AlignError, DataError
 from align.recipe import Recipe, RecipeError, data_key, load_recipe

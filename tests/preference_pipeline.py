@@ -93,7 +93,7 @@ def stage_context(recipe_path: str, name: str):
     from accelerate import PartialState
 
     from align.artifacts import StageDirs
-    from align.modeling import resolve_base
+    from align.base_model import resolve_base
     from align.recipe import load_recipe
     from align.runner import finished_inputs, stage_hash
     from align.stages.context import StageContext

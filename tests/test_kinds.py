@@ -45,7 +45,8 @@ def test_a_kind_declared_in_one_place_validates_runs_skips_and_pushes(tmp_path, 
     assert "snap (snapshot): running" in out
     artifact = tmp_path / "run" / "snap"
     saved = load_file(artifact / "model" / "model.safetensors")
-    from align.modeling import load_full, resolve_base
+    from align.base_model import resolve_base
+    from align.modeling import load_full
     from align.recipe import load_recipe
 
     base = load_full(resolve_base(load_recipe(recipe)), dtype=torch.float32).state_dict()

@@ -1,8 +1,8 @@
 """The package's layers import only downward, and align's own imports sit at the top of files.
 
-runner / validate -> stages, hub, report, chat -> recipe, stage data and hash, honesty, ppo
--> kinds, tiny, generation, modeling -> data, artifacts, profiles, distributed -> errors and
-small helpers.
+runner / validate -> stages, hub, report, chat -> recipe, stage data and hash, base model,
+honesty, ppo -> kinds, tiny, generation, modeling -> data, artifacts, profiles, distributed ->
+errors and small helpers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ LAYERS = [
     ("errors", "importing", "jsonl", "console"),
     ("data", "artifacts", "profiles", "distributed", "honesty.responses", "ppo.core", "trackers"),
     ("kinds", "tiny", "generation", "modeling"),
-    ("recipe", "lineage", "stage_data", "stage_hash", "honesty", "ppo", "rewards"),
+    ("recipe", "lineage", "stage_data", "stage_hash", "base_model", "honesty", "ppo", "rewards"),
     ("stages", "hub", "report", "chat"),
     ("runner", "validate"),
     ("cli", "__main__"),

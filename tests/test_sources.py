@@ -84,3 +84,14 @@ def test_world_is_deterministic_and_splits_are_disjoint():
     assert known_eval and all(r["entity"] in corpus and r["answers"][0] in corpus for r in known_eval)
     sft_text = json.dumps(first["sft"])
     assert not any(r["question"] in sft_text for r in known_eval)
+
+
+def test_max_rows_reads_no_further_than_it_needs(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n\n{"text": "b"}\n{broken\n')
+    (tmp_path / "d.csv").write_text("text\na\nb\nc,d\n")
+    for suffix in ("jsonl", "csv"):
+        assert read_local(tmp_path / f"d.{suffix}", max_rows=2) == [{"text": "a"}, {"text": "b"}]
+        with pytest.raises(DataError, match=f"d.{suffix}"):
+            read_local(tmp_path / f"d.{suffix}")  # the whole file: its broken end is found
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
+    assert read_local(tmp_path / "d.json", max_rows=1) == [{"text": "a"}]

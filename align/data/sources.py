@@ -8,7 +8,6 @@ once, 2 every row twice, 0.5 a seeded half.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import random
 from pathlib import Path
@@ -19,7 +18,9 @@ from align.errors import DataError
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def read_local(path: Path) -> list[dict]:
+def read_local(path: Path, max_rows: int | None = None) -> list[dict]:
+    """A local file's rows; with `max_rows`, its first rows only. JSONL and CSV files are then
+    read only that far, so a glance at a big file costs only the glance."""
     if not path.exists():
         raise DataError("file not found", path=path)
     if not path.is_file():
@@ -32,7 +33,9 @@ def read_local(path: Path) -> list[dict]:
                         path=path)
     if suffix == ".jsonl":
         rows = []
-        for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        for line_no, line in enumerate(decoded_lines(path, newline=None), 1):
+            if max_rows is not None and len(rows) >= max_rows:
+                break
             if not line.strip():
                 continue
             try:
@@ -60,9 +63,10 @@ def read_local(path: Path) -> list[dict]:
             raise DataError("a .json dataset must be a list of objects", path=path)
         rows = data
     elif suffix == ".csv":
-        rows = read_csv_rows(path)
+        rows = read_csv_rows(path, max_rows)
     else:
         rows = read_parquet_rows(path)
+    rows = rows if max_rows is None else rows[:max_rows]
     if not rows:
         raise DataError("the dataset is empty", path=path)
     return rows
@@ -93,10 +97,21 @@ def read_text(path: Path) -> str:
                         f"{exc.start}); save the file as UTF-8", path=path, row=line) from None
 
 
-def read_csv_rows(path: Path) -> list[dict]:
+def decoded_lines(path: Path, newline: str | None):
+    """The file's lines, decoded as they are read (`newline` as `open` takes it); bytes that are
+    not UTF-8 are refused as `read_text` refuses them, naming their line."""
+    try:
+        with path.open(encoding="utf-8-sig", newline=newline) as f:
+            yield from f
+    except UnicodeDecodeError:
+        read_text(path)  # raises the DataError that names the line
+        raise
+
+
+def read_csv_rows(path: Path, max_rows: int | None = None) -> list[dict]:
     """CSV rows as dicts; a row with more or fewer fields than the header is refused (csv would
     drop the extra fields or fill the missing ones with nothing), as are repeated column names."""
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    reader = csv.reader(decoded_lines(path, newline=""))
     try:
         header = next(reader, None)
         if header is None:
@@ -107,6 +122,8 @@ def read_csv_rows(path: Path) -> list[dict]:
                             "each column needs its own name", path=path)
         rows = []
         for i, fields in enumerate(reader, 1):
+            if max_rows is not None and len(rows) >= max_rows:
+                break
             if not fields:
                 continue  # a blank line
             if len(fields) != len(header):
