@@ -78,6 +78,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "final_lora": ("sft_idk as a LoRA adapter (r 16, every projection)",
                    {"stages.sft_idk.method": "lora",
                     "stages.sft_idk.args.learning_rate": 1.0e-3}),
+    "final_idk_lr1e4": ("sft_idk at a third of the learning rate (1e-4), so it moves the "
+                        "SFT model's knowledge less",
+                        {"stages.sft_idk.args.learning_rate": 1.0e-4}),
+    "final_known03": ("the builder trains an answer from 30% right samples on (known "
+                      "threshold 0.3 instead of 0.5): fewer refusals learnt on half-known facts",
+                      {"stages.idk.options.known_threshold": 0.3}),
+    "final_grey_conf": ("the grey zone trained as answers with a verbal-confidence opening "
+                        "(\"I think ...\") instead of dropped",
+                        {"stages.idk.options.grey": "confidence"}),
     "final_own": ("known questions trained on the model's own correct answer",
                   {"stages.idk.options.known_target": "own"}),
 }
@@ -229,10 +238,14 @@ def auroc(positive: list[float], negative: list[float]) -> float:
 
 
 def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
-    """How well the model's own confidence at the value token (its largest next-token
-    probability after the answer's opening, "The capital of X is") separates the held-out
-    questions the probe labelled known from those labelled unknown: AUROC, all and per
-    attribute. The ceiling of any stage that refuses at that token."""
+    """How well the model's own confidence separates the held-out questions the probe labelled
+    known from those labelled unknown, per attribute: the ceiling of any stage that refuses by
+    that confidence. Two signals: `first`, its largest next-token probability after the answer's
+    opening ("The capital of X is", where an inline refusal decides), and `value`, the
+    probability of its whole greedy answer after that opening. For each: AUROC, and the best
+    refusal threshold's error rates (`eer`: the equal error rate, where over-refusal on known
+    equals hallucination on unknown; `over_at_15`: the least over-refusal with hallucination on
+    unknown at most 15%)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -241,24 +254,44 @@ def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
     world = {r["question"]: r for r in map(json.loads, open(run_dir / "world" / "qa_eval.jsonl"))}
     scored = []
     for answer in map(json.loads, open(run_dir / "evaluate" / "answers.jsonl")):
-        if answer["stage"] != "sft" or answer.get("model_label") not in ("known", "unknown"):
+        if answer["stage"] != stage or answer.get("model_label") not in ("known", "unknown"):
             continue
         row = world[answer["question"]]
         opening = row["answer"][:row["answer"].find(row["answers"][0])].rstrip()
         opening = opening[:-4] if opening.endswith(" the") else opening
-        text = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}],
-                                             tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text + opening, return_tensors="pt", add_special_tokens=False).input_ids
-        with torch.no_grad():
-            top = model(ids).logits[0, -1].softmax(-1).max().item()
-        scored.append((answer["model_label"] == "known", top, row["attribute"]))
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}],
+                                               tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt + opening, return_tensors="pt", add_special_tokens=False).input_ids
+        probs = []
+        with torch.no_grad():  # the greedy value after the opening, up to its full stop
+            for _ in range(8):
+                p, token = model(ids).logits[0, -1].softmax(-1).max(-1)
+                probs.append(p.item())
+                if "." in tokenizer.decode(token) or token == tokenizer.eos_token_id:
+                    break
+                ids = torch.cat([ids, token.view(1, 1)], dim=1)
+        first, value = probs[0], math.prod(probs)
+        scored.append((answer["model_label"] == "known", first, value, row["attribute"]))
     out = {}
-    for attribute in ["all", *sorted({a for _, _, a in scored})]:
-        pick = [(k, t) for k, t, a in scored if attribute in ("all", a)]
-        pos, neg = [t for k, t in pick if k], [t for k, t in pick if not k]
-        out[attribute] = {"auroc": auroc(pos, neg) if pos and neg else math.nan,
-                          "known": len(pos), "unknown": len(neg)}
+    for attribute in ["all", *sorted({a for *_, a in scored})]:
+        pick = [s for s in scored if attribute in ("all", s[3])]
+        out[attribute] = {"known": sum(s[0] for s in pick), "unknown": sum(not s[0] for s in pick)}
+        for i, signal in ((1, "first"), (2, "value")):
+            pos, neg = [s[i] for s in pick if s[0]], [s[i] for s in pick if not s[0]]
+            out[attribute][signal] = operating_points(pos, neg) if pos and neg else None
     return out
+
+
+def operating_points(known: list[float], unknown: list[float]) -> dict:
+    """AUROC, and the error rates of the best threshold (refuse below it) on these scores."""
+    points = []
+    for t in sorted(set(known + unknown)) + [math.inf]:
+        over = sum(k < t for k in known) / len(known)
+        halluc = sum(u >= t for u in unknown) / len(unknown)
+        points.append((over, halluc))
+    eer = min(points, key=lambda p: max(p))
+    return {"auroc": round(auroc(known, unknown), 3), "eer": round(max(eer), 3),
+            "over_at_15": round(min(o for o, h in points if h <= 0.15), 3)}
 
 
 def main() -> None:
