@@ -46,16 +46,18 @@ def tiny_tokenizer_dir() -> Path:
     return Path(build_tiny(TinyConfig()))
 
 
-def build_model_dir(preset: str, root: Path, max_length: int) -> Path:
-    """A random-init model of `preset` plus the tiny tokenizer, saved under root (cached)."""
+def build_model_dir(preset: str, root: Path, max_length: int, tokenizer_dir: Path | None = None) -> Path:
+    """A random-init model of `preset` plus a tokenizer, saved under root (cached). The tokenizer
+    is the one in tokenizer_dir (a tiny model built for another world, say), by default the
+    embedded tiny model's."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = root / f"model-{preset}"
+    out = root / (f"model-{preset}" if tokenizer_dir is None else f"model-{preset}-{Path(tokenizer_dir).name}")
     if (out / "config.json").exists():
         return out
-    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir()))
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or tiny_tokenizer_dir()))
     cls_name, settings = PRESETS[preset]
     config = getattr(transformers, cls_name)(
         **settings, max_position_embeddings=max(2048, max_length), bos_token_id=tok.bos_token_id,
@@ -236,9 +238,15 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def preset_argument(parser: argparse.ArgumentParser, default_preset: str, tiny: bool = False,
+                    help: str = "model size") -> None:
+    """--preset: one of PRESETS, or with tiny=True also "tiny", the embedded tiny model."""
+    parser.add_argument("--preset", choices=(["tiny"] if tiny else []) + sorted(PRESETS), default=default_preset,
+                        help=f"{help} (default {default_preset})")
+
+
 def model_arguments(parser: argparse.ArgumentParser, default_preset: str, dtype_help: str) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset,
-                        help=f"model size (default {default_preset})")
+    preset_argument(parser, default_preset)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu, or cuda: one GPU")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=dtype_help)
 

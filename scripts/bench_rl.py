@@ -300,8 +300,7 @@ def main() -> None:
     parser = bc.script_parser(__doc__)
     parser.add_argument("--part", choices=["throughput", "honesty", "both", "report"], default="both",
                         help="what to run (report: rewrite the report from .bench/rl/results.json)")
-    parser.add_argument("--preset", choices=["tiny", *sorted(bc.PRESETS)], default="tiny",
-                        help="(a) model: the embedded tiny model (default) or a bench_common preset")
+    bc.preset_argument(parser, "tiny", tiny=True, help="(a) model: the embedded tiny model or a bench_common preset")
     parser.add_argument("--steps", type=int, default=12, help="(a) GRPO steps per run (default 12)")
     parser.add_argument("--warmup", type=int, default=2, help="(a) steps left out of the throughput (default 2)")
     parser.add_argument("--batch-size", type=int, default=32, help="(a) completions per step (default 32)")
