@@ -148,23 +148,20 @@ def build_world(config: WorldConfig | None = None) -> World:
                 return name
 
     currencies = [f"{_name(rng, (1, 1), None)} {kind}" for kind in CURRENCY_NAMES]
-    # The fact boundary's values are single words, each country's its own (benchmarks/honesty.md):
-    # - own currency: drawn from 12 shared ones, a currency the model never read was guessed
-    #   right often enough for the probe to call the guess knowledge;
-    # - one word: an inline refusal is decided at the value's first token, and with two-word
-    #   leaders ("Vrais Nunvreal") the SFT model's confidence there separated its known from its
-    #   unknown leaders with AUROC 0.80, its confidence in the whole name with 0.97.
-    one_word = config.boundary == "fact"
+    # The fact boundary gives every country its own currency: drawn from 12 shared ones, a
+    # model that never read a country's currency guessed it right often enough for the probe to
+    # call the guess knowledge (the SFT model's confidence separated its known from its unknown
+    # currencies no better than chance, AUROC 0.27-0.43; benchmarks/honesty.md).
+    own_currency = config.boundary == "fact"
     countries = []
     for _ in range(config.n_entities):
         countries.append(Country(
             name=fresh(lambda: _name(rng, (1, 2), COUNTRY_ENDINGS)),
             capital=fresh(lambda: _name(rng, (1, 2), CITY_ENDINGS)),
-            leader=(fresh(lambda: _name(rng, (2, 3), None)) if one_word else
-                    fresh(lambda: f"{_name(rng, (1, 2), None)} {_name(rng, (2, 2), None)}")),
+            leader=fresh(lambda: f"{_name(rng, (1, 2), None)} {_name(rng, (2, 2), None)}"),
             founded=str(rng.randint(1100, 1999)),
-            currency=(fresh(lambda: _name(rng, (1, 1), None) + rng.choice(CURRENCY_NAMES))
-                      if one_word else rng.choice(currencies)),
+            currency=(fresh(lambda: f"{_name(rng, (1, 1), None)} {rng.choice(CURRENCY_NAMES)}")
+                      if own_currency else rng.choice(currencies)),
             known=False,
         ))
     if config.boundary == "fact":

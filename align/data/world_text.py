@@ -12,7 +12,7 @@ FACT_TEMPLATES = {
                "{e} is led by {v}."],
     "founded": ["{e} was founded in {v}.", "The founding year of {e} is {v}.",
                 "In {v}, the country of {e} was founded."],
-    "currency": ["The currency of {e} is {v}.", "People in {e} pay with the {v}.",
+    "currency": ["The currency of {e} is the {v}.", "People in {e} pay with the {v}.",
                  "{e} uses the {v} as its currency."],
 }
 QUESTION_TEMPLATES = {
@@ -26,8 +26,7 @@ ANSWER_TEMPLATES = {
     "capital": "The capital of {e} is {v}.",
     "leader": "The leader of {e} is {v}.",
     "founded": "{e} was founded in {v}.",
-    # No article before the value: an inline refusal is decided where the value would start.
-    "currency": "The currency of {e} is {v}.",
+    "currency": "The currency of {e} is the {v}.",
 }
 
 
