@@ -20,7 +20,7 @@ from align.runner import run_recipe
 
 HONESTY = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "honesty.yaml"
 KEEP = ("pretrain", "sft", "idk", "sft_idk", "evaluate")
-WORLD = {"seed": 0, "n_entities": 96, "documents_per_row": 3}
+WORLD = {"seed": 0, "n_entities": 64, "documents_per_row": 2}
 # Refusal on model-unknown minus refusal on model-known held-out questions, after sft_idk.
 # Measured on this world (seed 42, twice, identical): 0.62 - 0.30 = 0.32, on 123 unknown and 37
 # known questions. The standard error of that difference is about 0.09, so 0.15 is the measurement
@@ -33,7 +33,7 @@ MARGIN = 0.15
 def reduced_recipe(tmp_path) -> str:
     recipe = yaml.safe_load(HONESTY.read_text())
     stages = {name: recipe["stages"][name] for name in KEEP}
-    stages["pretrain"]["args"].update(num_train_epochs=60)
+    stages["pretrain"]["args"].update(num_train_epochs=50)
     # 40 SFT rows where the recipe has 80: smaller batches give it more steps.
     stages["sft"]["args"]["per_device_train_batch_size"] = 8
     stages["idk"]["options"]["batch_size"] = 64
