@@ -12,6 +12,7 @@ from typing import IO, Iterable
 
 from align.artifacts import load_artifact
 from align.errors import AlignError
+from align.kinds import model_kinds
 from align.modeling import load_artifact_model, load_tokenizer
 
 
@@ -21,11 +22,16 @@ class Chat:
         artifact = load_artifact(artifact_path)
         ref = artifact.manifest.model
         if ref is None or ref.task != "causal-lm":
-            raise AlignError(f"artifact '{artifact.name}' ({artifact.manifest.kind} stage) holds "
-                             "no language model to chat with.")
+            raise AlignError(f"artifact '{artifact.name}' ({artifact.manifest.kind} stage, "
+                             f"{artifact.path}) holds no language model to chat with; chat with "
+                             "the artifact of a stage that trains one "
+                             f"({', '.join(model_kinds('causal-lm'))}).")
         self.tokenizer = load_tokenizer(artifact.tokenizer_path())
         if not self.tokenizer.chat_template:
-            raise AlignError(f"artifact '{artifact.name}': its tokenizer has no chat template.")
+            raise AlignError(f"artifact '{artifact.name}' ({artifact.path}): its tokenizer has no "
+                             "chat template, so a conversation cannot be turned into the model's "
+                             "prompt; chat with the artifact of a model whose tokenizer has one "
+                             "(a chat or instruct base model).")
         self.model = load_artifact_model(artifact).eval()
         self.system = system
         self.max_new_tokens = max_new_tokens

@@ -206,6 +206,7 @@ def cmd_export(args) -> int:
     from align.artifacts import load_artifact
     from align.modeling import export_model
 
+    check_out_option(args.out)  # a file in the way is found before the model loads
     out = export_model(load_artifact(args.artifact), Path(args.out))
     print(f"exported {args.artifact} to {out}: one standalone model (safetensors, adapters "
           "merged), its tokenizer and chat template; load it with "

@@ -29,7 +29,7 @@ import yaml
 
 from align.artifacts import MANIFEST, Artifact, load_artifact, read_manifest
 from align.errors import AlignError
-from align.kinds import KINDS
+from align.kinds import KINDS, model_kinds
 from align.modeling import artifact_base, export_model
 from align.recipe import HUB_ID, check_repo_id
 
@@ -96,7 +96,7 @@ def upload_plan(artifact: Artifact) -> list[tuple[Path, str]]:
         raise AlignError(
             f"artifact '{artifact.name}' ({artifact.manifest.kind} stage, {artifact.path}) holds no "
             "model, so there is nothing to push to the Hub; push the artifact of a stage that trains "
-            "a model (pretrain, sft, idk, rm, ppo, dpo, kto, orpo).")
+            f"a model ({', '.join(model_kinds())}).")
     root = artifact.path.resolve()
     model_dir = (artifact.path / model.path).resolve()
     if model_dir != root and root not in model_dir.parents:

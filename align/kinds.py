@@ -100,9 +100,11 @@ def get_kind(name: str) -> StageKind:
         raise AlignError(f"unknown stage kind '{name}'.{extra} Kinds: {', '.join(KINDS)}.") from None
 
 
-def model_kinds() -> tuple[str, ...]:
-    """Kinds whose artifact is a model later stages can start from."""
-    return tuple(name for name, kind in KINDS.items() if kind.makes_model)
+def model_kinds(task: str | None = None) -> tuple[str, ...]:
+    """Kinds whose artifact is a model later stages can start from (of `task` when given:
+    "causal-lm" for the kinds whose model writes text)."""
+    return tuple(name for name, kind in KINDS.items()
+                 if kind.makes_model and task in (None, kind.task))
 
 
 # -- the shipped kinds -------------------------------------------------------------------------

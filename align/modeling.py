@@ -13,6 +13,7 @@ from pathlib import Path
 
 from align.artifacts import MANIFEST, Artifact, load_artifact
 from align.errors import AlignError
+from align.kinds import model_kinds
 
 # Functions here take a recipe's `model` settings and a stage's `method` (recipe.MethodSpec) as
 # plain objects: the recipe module imports this one to check model directories.
@@ -277,8 +278,9 @@ def export_model(artifact: Artifact, out: Path, *, trust_remote_code: bool = Fal
 
     ref = artifact.manifest.model
     if ref is None:
-        raise AlignError(f"artifact '{artifact.name}' ({artifact.manifest.kind} stage) holds no "
-                         "model to export.")
+        raise AlignError(f"artifact '{artifact.name}' ({artifact.manifest.kind} stage, "
+                         f"{artifact.path}) holds no model to export; export the artifact of a "
+                         f"stage that trains a model ({', '.join(model_kinds())}).")
     if ref.method in ("ptuning", "prefix"):
         raise AlignError(f"artifact '{artifact.name}' is a {ref.method} adapter: its virtual "
                          "tokens cannot be merged into weights, so there is no standalone model "

@@ -83,13 +83,17 @@ def pretrained_tiny(tmp_path_factory) -> str:
     return str(artifact.model_path())
 
 
-@pytest.fixture(scope="session")
-def tiny_model(align_cache) -> Path:
+def small_tiny_model() -> Path:
     """The untrained tiny model of the small world (built once, in the session's cache)."""
     from align.data.world import WorldConfig
     from align.tiny import TinyConfig, build_tiny
 
     return build_tiny(TinyConfig(world=WorldConfig(**SMALL_WORLD)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(align_cache) -> Path:
+    return small_tiny_model()
 
 
 @pytest.fixture(scope="session")

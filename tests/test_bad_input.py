@@ -210,6 +210,19 @@ def _(tmp):
     return run(recipe(tmp, stages)), ["stage 'sft2' reads data from stage 'idk'", "`from`"]
 
 
+@case("assistant_only_loss on a template without generation markers")
+def _(tmp):
+    from test_sft_template import plain_template_model
+
+    model = plain_template_model(tmp / "plain")
+    path = recipe(tmp, {"sft": {"kind": "sft", "data": "sft.jsonl",
+                                "args": {"max_steps": 1, "assistant_only_loss": True}}},
+                  model={"name_or_path": str(model)})
+    return run(path), ["recipe.yaml", "'stages.sft.args.assistant_only_loss' is true",
+                       "no {% generation %} block",
+                       "Remove the key", "set it to false"]
+
+
 @case("invalid world settings")
 def _(tmp):
     stages = {"sft": {"kind": "sft", "data": "world:sft"}}

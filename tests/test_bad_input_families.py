@@ -72,9 +72,14 @@ def model_dir(path: Path, layers: int = 2) -> Path:
     return path
 
 
-def finished_artifact(run_dir: Path, name: str = "sft", partial: bool = False) -> Path:
+FULL = {"type": "full", "path": "model"}
+
+
+def finished_artifact(run_dir: Path, name: str = "sft", partial: bool = False, kind: str = "sft",
+                      holds: dict | None = FULL) -> Path:
     """A finished stage's artifact as `StageDirs.commit` writes it (checksums included), with a
-    stand-in model (config, tokenizer and intact safetensors); `partial` stops before the move."""
+    stand-in model (config, tokenizer and intact safetensors); `partial` stops before the move.
+    `holds`: the manifest's model (`ModelRef` fields), None for an artifact that holds none."""
     from align.artifacts import Manifest, ModelRef, StageDirs
 
     dirs = StageDirs(run_dir, name)
@@ -85,10 +90,10 @@ def finished_artifact(run_dir: Path, name: str = "sft", partial: bool = False) -
 
     Tokenizer(BPE({"a": 0, "</s>": 1}, [])).save(str(model / "tokenizer.json"))
     jsonl(dirs.partial / "sft.jsonl", SFT_ROWS)
-    manifest = Manifest(name=name, kind="sft", status="complete", config_hash="0" * 16,
+    manifest = Manifest(name=name, kind=kind, status="complete", config_hash="0" * 16,
                         config={"stage": {}, "seed": 42, "model": {}, "world": None},
-                        model=ModelRef(type="full", path="model"), tokenizer="model",
-                        files={"sft": "sft.jsonl"})
+                        model=ModelRef(**holds) if holds else None,
+                        tokenizer="model" if holds else None, files={"sft": "sft.jsonl"})
     if partial:
         from align.artifacts import MANIFEST, PROGRESS, record_checksums, write_json_atomic
 
@@ -662,6 +667,214 @@ def _(tmp):
     return validate(path), ["sft.jsonl, row 2", "invalid JSON"]
 
 
+# -- 8. the commands of issue 15: export, chat, push of a chained adapter ------------------------
+
+def export(directory: Path, out: Path) -> list[str]:
+    return ["export", str(directory), "--out", str(out)]
+
+
+@case(8, "export of an artifact that holds no model")
+def _(tmp):
+    return export(finished_artifact(tmp / "run", "idk", kind="idk", holds=None), tmp / "e"), \
+        ["artifact 'idk' (idk stage", "run/idk", "holds no model to export",
+         "export the artifact of a stage that trains a model", "sft"]
+
+
+@case(8, "export of a prompt-tuning adapter")
+def _(tmp):
+    ptuning = {"type": "adapter", "path": "model", "base": "tiny", "method": "ptuning"}
+    return export(finished_artifact(tmp / "run", holds=ptuning), tmp / "e"), \
+        ["artifact 'sft' is a ptuning adapter", "cannot be merged", "load it with PEFT"]
+
+
+@case(8, "export into a directory that is not empty")
+def _(tmp):
+    (tmp / "e").mkdir()
+    (tmp / "e" / "notes.txt").write_text("mine\n")
+    return export(finished_artifact(tmp / "run"), tmp / "e"), \
+        ["/e' exists and is not empty", "export into a new directory"]
+
+
+@case(8, "export --out is a file")
+def _(tmp):
+    (tmp / "e").write_text("a file\n")
+    return export(finished_artifact(tmp / "run"), tmp / "e"), ["--out", "is a file"]
+
+
+@case(8, "export --out under a file")
+def _(tmp):
+    (tmp / "blocker").write_text("a file\n")
+    return export(finished_artifact(tmp / "run"), tmp / "blocker" / "e"), \
+        ["--out", "cannot be created", "blocker"]
+
+
+@case(8, "chat on a missing artifact")
+def _(tmp):
+    return ["chat", str(tmp / "run" / "sft"), "--prompt", "Hi"], \
+        ["no artifact at", "run/sft", "does not exist"]
+
+
+@case(8, "chat with a reward model")
+def _(tmp):
+    rm = {**FULL, "task": "sequence-classification"}
+    return ["chat", str(finished_artifact(tmp / "run", "rm", kind="rm", holds=rm))], \
+        ["artifact 'rm' (rm stage", "holds no language model to chat with",
+         "chat with the artifact of a stage that trains one", "sft"]
+
+
+@case(8, "chat with a tokenizer without a chat template")
+def _(tmp):
+    return ["chat", str(finished_artifact(tmp / "run")), "--prompt", "Hi"], \
+        ["artifact 'sft'", "run/sft", "has no chat template", "a chat or instruct base model"]
+
+
+@case(8, "push of an adapter trained on an upstream stage's weights")
+def _(tmp):
+    finished_artifact(tmp / "run", "sft")
+    chained = {"type": "adapter", "path": "model", "base": "../sft", "method": "lora"}
+    return push(finished_artifact(tmp / "run", "dpo", kind="dpo", holds=chained)), \
+        ["artifact 'dpo'", "upstream stage 'sft'", "--merged", "align export"]
+
+
+@case(8, "push --merged of an artifact that holds no model")
+def _(tmp):
+    idk = finished_artifact(tmp / "run", "idk", kind="idk", holds=None)
+    return [*push(idk), "--merged"], ["artifact 'idk' (idk stage", "holds no model",
+                                      "push the artifact of a stage that trains a model"]
+
+
+# -- 9. the settings of issue 15: trackers, TRL's spellings, keep_checkpoints --------------------
+
+@case(9, "unknown tracker in report_to")
+def _(tmp):
+    path = sft_with(tmp, args={"max_steps": 1, "report_to": "tensorbord"})
+    return validate(path), ["recipe.yaml", "stages.sft.args.report_to",
+                            "unknown tracker 'tensorbord'", "Did you mean 'tensorboard'"]
+
+
+@case(9, "tracker whose package is not installed")
+def _(tmp):
+    from align.trackers import TRACKERS, installed
+
+    missing = next((name for name in TRACKERS if not installed(name)), None)
+    if missing is None:
+        pytest.skip("every tracker's package is installed here")
+    path = sft_with(tmp, args={"max_steps": 1, "report_to": ["tensorboard", missing]})
+    return run(path), ["stages.sft.args.report_to", f"tracker '{missing}'",
+                       f"pip install {TRACKERS[missing][1]}"]
+
+
+@case(9, "tracker that is not a name")
+def _(tmp):
+    path = sft_with(tmp, args={"max_steps": 1, "report_to": [3]})
+    return validate(path), ["stages.sft.args.report_to", "must name trackers", "got 3"]
+
+
+@case(9, "logging_dir in a stage's args")
+def _(tmp):
+    path = sft_with(tmp, args={"max_steps": 1, "logging_dir": "tb"})
+    return validate(path), ["stages.sft.args.logging_dir", "is set by align",
+                            "<run_dir>/<stage>/logs/", "remove it"]
+
+
+@case(9, "TRL command-line key in a stage's args")
+def _(tmp):
+    path = sft_with(tmp, args={"max_steps": 1, "use_peft": True})
+    return validate(path), ["recipe.yaml", "stages.sft.args.use_peft", "TRL command-line key",
+                            "`method:` block"]
+
+
+@case(9, "TRL command-line key at the top of a recipe")
+def _(tmp):
+    return validate(recipe(tmp, model_name_or_path="Qwen/Qwen2.5-0.5B")), \
+        ["recipe.yaml", "'model_name_or_path' is a TRL command-line key",
+         "`model: {name_or_path: ...}`"]
+
+
+@case(9, "TRL command-line key in an override")
+def _(tmp):
+    return run(recipe(tmp), "stages.sft.args.lora_r=8"), \
+        ["stages.sft.args.lora_r", "TRL command-line key", "lora: {r: ...}"]
+
+
+@case(9, "keep_checkpoints not true or false")
+def _(tmp):
+    return validate(sft_with(tmp, keep_checkpoints="last")), \
+        ["recipe.yaml", "stages.sft.keep_checkpoints", "valid boolean", "'last'"]
+
+
+# -- 10. the data layouts of issue 15: public QA sets, LLaMA-Factory's columns -------------------
+
+def qa_recipe(tmp: Path, kind: str, rows: list, fmt: str | None = None) -> str:
+    """An sft stage, then an idk or evaluate stage on `qa.jsonl` (read with `format: fmt`)."""
+    jsonl(tmp / "qa.jsonl", rows)
+    stages = {"sft": {"kind": "sft", "data": "sft.jsonl"},
+              kind: {"kind": kind, "from": "sft",
+                     "data": {"path": "qa.jsonl", "format": fmt} if fmt else "qa.jsonl"}}
+    return recipe(tmp, stages)
+
+
+@case(10, "QA layout without its answer column")
+def _(tmp):
+    path = qa_recipe(tmp, "evaluate", [{"question": "Who leads Kathilland?", "known": True}],
+                     "triviaqa")
+    return validate(path), ["recipe.yaml", "stage 'evaluate'",
+                            "stages.evaluate.data.train.0.format", "qa.jsonl",
+                            "the triviaqa layout needs the column(s) answer"]
+
+
+@case(10, "TriviaQA answer that is not an object")
+def _(tmp):
+    rows = [{"question": "Q?", "answer": {"value": "A", "aliases": ["a"]}},
+            {"question": "Q?", "answer": "A"}]
+    return validate(qa_recipe(tmp, "idk", rows)), \
+        ["qa.jsonl, row 2, column 'answer'", "TriviaQA's object with value and aliases"]
+
+
+@case(10, "PopQA answers that are not a JSON list")
+def _(tmp):
+    rows = [{"question": "Q?", "possible_answers": '["A"]'},
+            {"question": "Q?", "possible_answers": "A, B"}]
+    return validate(qa_recipe(tmp, "idk", rows)), \
+        ["qa.jsonl, row 2, column 'possible_answers'", "JSON list of answers"]
+
+
+@case(10, "NQ-open answer that is not text")
+def _(tmp):
+    rows = [{"question": "Q?", "answer": ["A"]}, {"question": "Q?", "answer": 7}]
+    return validate(qa_recipe(tmp, "idk", rows)), \
+        ["qa.jsonl, row 2, column 'answer'", "an answer or a list of answers", "got int"]
+
+
+@case(10, "public QA row without an answer")
+def _(tmp):
+    rows = [{"question": "Q?", "answer": ["A"]}, {"question": "Q?", "answer": ["", " "]}]
+    return validate(qa_recipe(tmp, "idk", rows)), \
+        ["qa.jsonl, row 2, column 'answer'", "has no answer"]
+
+
+@case(10, "SimpleQA problem empty")
+def _(tmp):
+    rows = [{"problem": "Q?", "answer": "A"}, {"problem": " ", "answer": "A"}]
+    return validate(qa_recipe(tmp, "idk", rows)), ["qa.jsonl, row 2, column 'problem'", "is empty"]
+
+
+@case(10, "Alpaca history entry that is not a pair")
+def _(tmp):
+    jsonl(tmp / "alpaca.jsonl", [{"instruction": "Who leads Stom?", "output": "Vrem.",
+                                  "history": [["Who leads Kathilland?"]]}])
+    return validate(sft_with(tmp, data="alpaca.jsonl")), \
+        ["alpaca.jsonl, row 1, column 'history'", "entry 1", "[instruction, response] pair"]
+
+
+@case(10, "system column that is not text")
+def _(tmp):
+    turns = [{"from": "human", "value": "Who leads Stom?"}, {"from": "gpt", "value": "Vrem."}]
+    jsonl(tmp / "sharegpt.jsonl", [{"conversations": turns, "system": ["Be brief."]}])
+    return run(sft_with(tmp, data="sharegpt.jsonl")), \
+        ["sharegpt.jsonl, row 1, column 'system'", "must be a string", "got list"]
+
+
 # -- the checks every case must pass -----------------------------------------------------------
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -700,7 +913,7 @@ def test_every_family_has_several_cases():
     families = {}
     for family, _ in CASES.values():
         families[family] = families.get(family, 0) + 1
-    assert set(families) == {1, 2, 3, 4, 5, 6, 7}
+    assert set(families) == set(range(1, 11))
     assert all(n >= 2 for n in families.values()), families
 
 

@@ -1,14 +1,16 @@
 """SFT on a chat template without `{% generation %}` markers (one that only says
 `add_generation_prompt`): trained on each conversation's last answer as prompt/completion rows
-instead of crashing in TRL; `assistant_only_loss: true` on it is refused before training."""
+instead of crashing in TRL. `assistant_only_loss: true` on it is refused before training (a case
+of tests/test_bad_input.py, on `plain_template_model`)."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import write_recipe
+from conftest import small_tiny_model, write_recipe
 
 from align.stages.sft import marks_generation
 from align.tiny import CHAT_TEMPLATE
@@ -24,10 +26,9 @@ def test_only_the_generation_block_counts():
     assert not marks_generation(None)
 
 
-@pytest.fixture
-def plain_model(tmp_path, tiny_model):
-    out = tmp_path / "plain-template"
-    shutil.copytree(tiny_model, out)
+def plain_template_model(out: Path) -> Path:
+    """A copy of the tiny model whose chat template has no `{% generation %}` markers."""
+    shutil.copytree(small_tiny_model(), out)
     for path in out.glob("chat_template.jinja"):
         path.write_text(PLAIN)
     from transformers import AutoTokenizer
@@ -37,6 +38,11 @@ def plain_model(tmp_path, tiny_model):
     tokenizer.save_pretrained(str(out))
     assert not marks_generation(AutoTokenizer.from_pretrained(str(out)).chat_template)
     return out
+
+
+@pytest.fixture
+def plain_model(tmp_path):
+    return plain_template_model(tmp_path / "plain-template")
 
 
 def stages(**args) -> dict:
@@ -54,13 +60,3 @@ def test_sft_without_generation_markers_trains_on_the_answer(tmp_path, plain_mod
     assert artifact.manifest.metrics["steps"] == 2
     assert "prompt/completion rows" in capsys.readouterr().out
 
-
-def test_assistant_only_loss_on_a_plain_template_is_refused_before_training(tmp_path, plain_model,
-                                                                            capsys):
-    from align.cli import main
-
-    path = write_recipe(tmp_path, stages(assistant_only_loss=True),
-                        model={"name_or_path": str(plain_model)})
-    assert main(["run", path, "--no-validate"]) == 2
-    err = capsys.readouterr().err
-    assert "no {% generation %} block" in err and not (tmp_path / "run" / "sft").exists()

@@ -605,9 +605,16 @@ def _public_qa_reader(fmt: str):
         if not isinstance(answers, (list, tuple)):
             raise _RowError(column, f"must be an answer or a list of answers, got {_type(answers)}")
         answers = list(dict.fromkeys(a for a in answers if isinstance(a, str) and a.strip()))
+        if not answers:
+            raise _RowError(column, "has no answer: each one is empty or not text")
         rest = {k: v for k, v in row.items() if k not in (question_column, "answers")}
-        return _read_qa({**rest, "question": _get(row, question_column), "answers": answers},
-                        ctx)
+        try:
+            return _read_qa({**rest, "question": _get(row, question_column), "answers": answers},
+                            ctx)
+        except _RowError as exc:  # named as the file names it (SimpleQA's `problem`)
+            if exc.column != "question":
+                raise
+            raise _RowError(question_column, exc.reason) from None
     return read
 
 

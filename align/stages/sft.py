@@ -60,11 +60,12 @@ def answer_only_loss(ctx: StageContext, tokenizer, train, evaluation):
     if "assistant_only_loss" in args:
         if args["assistant_only_loss"] and not marked:
             raise AlignError(
-                f"stages.{ctx.name}.args.assistant_only_loss is true but the chat template has "
-                "no {% generation %} block marking assistant turns, which TRL needs for it. "
-                "Remove the key (align then trains on each conversation's last answer as a "
-                "prompt/completion row), set it to false (loss on the whole dialogue), or use a "
-                "template with {% generation %} ... {% endgeneration %} around assistant turns.")
+                f"{ctx.recipe.source}: 'stages.{ctx.name}.args.assistant_only_loss' is true but "
+                "the chat template has no {% generation %} block marking assistant turns, which "
+                "TRL needs for it. Remove the key (align then trains on each conversation's last "
+                "answer as a prompt/completion row), set it to false (loss on the whole "
+                "dialogue), or use a template with {% generation %} ... {% endgeneration %} "
+                "around assistant turns.")
         return train, evaluation, {}
     if marked:
         return train, evaluation, {"assistant_only_loss": True}
