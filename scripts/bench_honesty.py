@@ -87,6 +87,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "final_grey_conf": ("the grey zone trained as answers with a verbal-confidence opening "
                         "(\"I think ...\") instead of dropped",
                         {"stages.idk.options.grey": "confidence"}),
+    "final_grpo100": ("GRPO on the ternary reward from sft_idk for 100 steps instead of 30",
+                      {"stages.grpo_idk.args.max_steps": 100}),
+    "final_ppo": ("PPO (the recipe's, reward model and honesty reward) from sft_idk",
+                  {"stages.ppo.args.total_episodes": 640, "stages.rm.kind": "rm"}),
     "final_own": ("known questions trained on the model's own correct answer",
                   {"stages.idk.options.known_target": "own"}),
 }
@@ -120,12 +124,14 @@ def quiet(recipe: dict) -> None:
 def variant_recipe(name: str, seed: int, pretrained: Path, out: Path, screen: bool) -> Path:
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["stages"].pop("pretrain")
-    if screen:
-        recipe["stages"] = {k: v for k, v in recipe["stages"].items() if k in SCREEN}
-        recipe["stages"]["evaluate"]["from"] = [s for s in SCREEN if s not in ("idk", "evaluate")]
-    recipe["stages"]["sft"].pop("from")
     settings = {} if name.startswith("final") else dict(BEFORE)
     settings.update(VARIANTS[name][1])
+    if screen:  # the screening stages, and any stage the variant changes
+        keep = set(SCREEN) | {k.split(".")[1] for k in settings if k.startswith("stages.")}
+        recipe["stages"] = {k: v for k, v in recipe["stages"].items() if k in keep}
+        recipe["stages"]["evaluate"]["from"] = [
+            s for s in recipe["stages"] if get_kind(recipe["stages"][s]["kind"]).makes_model]
+    recipe["stages"]["sft"].pop("from")
     for key, value in settings.items():
         set_dotted(recipe, key, copy.deepcopy(value))
     quiet(recipe)
