@@ -257,11 +257,28 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def training_text(world: World) -> list[str]:
-    """The text a recipe on this world trains on (the corpus and the SFT chats), which is what
-    the tiny model's tokenizer learns from. Names and facts no training text states are split
-    into pieces, as a real tokenizer splits a name it never saw; trained on every country's
-    facts, the tokenizer gave a nonexistent country's name whole tokens that no training step
-    ever touched, a tell no real model has."""
+    """The text the tiny model's tokenizer learns from: on the fact world, what a recipe trains
+    on (the corpus and the SFT chats), so names and facts no training text states are split into
+    pieces, as a real tokenizer splits a name it never saw (trained on every country's facts,
+    it gave a nonexistent country's name whole tokens that no training step ever touched, a
+    tell no real model has); on the entity world, `every_fact_text`."""
+    if world.config.boundary == "entity":
+        return every_fact_text(world)
     splits = make_splits(world)
     return ([row["text"] for row in splits["corpus"]]
             + [m["content"] for row in splits["sft"] for m in row["messages"]])
+
+
+def every_fact_text(world: World) -> list[str]:
+    """Every country's facts, questions and answers: what the entity world's tokenizer learns
+    from. The tests tuned on that world use it; with a tokenizer of its training text only (758
+    tokens for 24 countries), the SFT model of `tests/test_honesty_recipe.py` answered no known
+    question right, a failure not yet understood (docs/architecture.md)."""
+    texts = []
+    for country in world.countries:
+        for attribute in world.config.attributes:
+            row = qa_row(country, attribute)
+            texts += [row["question"], row["answer"]]
+            texts += [t.format(e=country.name, v=getattr(country, attribute))
+                      for t in FACT_TEMPLATES[attribute]]
+    return texts
