@@ -6,9 +6,10 @@ one or more seeds. Every run's evaluation lands in `<out>/results.jsonl`; `--tab
 of them (every variant, every seed, every stage) as the markdown kept in
 `benchmarks/honesty.md`.
 
-    python scripts/bench_honesty.py --pretrain runs/bench-honesty/pretrain
-    python scripts/bench_honesty.py --variants shipped paraphrase --seeds 42 43
-    python scripts/bench_honesty.py --table > runs/bench-honesty/table.md
+    python scripts/bench_honesty.py --pretrain --set model.tiny.vocab_size=2048 --out runs/b
+    python scripts/bench_honesty.py --out runs/b --variants final final_own --seeds 42 43
+    python scripts/bench_honesty.py --out runs/b --table > runs/b/table.md
+    python scripts/bench_honesty.py --confidence runs/b/final-s42   # the confidence ceiling
 """
 
 from __future__ import annotations
@@ -310,7 +311,9 @@ def main() -> None:
     parser.add_argument("--pretrained", type=Path, help="model directory to start from")
     parser.add_argument("--variants", nargs="*", default=[])
     parser.add_argument("--seeds", nargs="*", type=int, default=[42])
-    parser.add_argument("--table", action="store_true", help="print every result as markdown")
+    parser.add_argument("--table", nargs="?", const=True, type=Path, metavar="RESULTS",
+                        help="print every result (of <out>/results.jsonl, or of RESULTS, e.g. "
+                             "benchmarks/honesty-results/vocab2048.jsonl) as markdown")
     parser.add_argument("--confidence", type=Path, metavar="RUN_DIR",
                         help="AUROC of the sft model's value-token confidence in a finished run")
     parser.add_argument("--all-stages", action="store_true", help="every stage, not " + str(SCREEN))
@@ -327,7 +330,8 @@ def main() -> None:
     if args.confidence:
         print(json.dumps(value_confidence(args.confidence), indent=1))
     if args.table:
-        lines = (args.out / "results.jsonl").read_text().splitlines()
+        source = args.out / "results.jsonl" if args.table is True else args.table
+        lines = source.read_text().splitlines()
         results = [json.loads(line) for line in lines]
         print(render(results))
 
