@@ -3,8 +3,9 @@
 One training step is the algorithm, read top to bottom in `PPOTrainer.train_step`:
 
 1. rollout — sample a completion for each prompt (batched `generate`, KV cache, left padding),
-   then one no-grad pass for the policy's log-probs and the value model's values, one for the
-   reference's log-probs, and the reward sources' scores;
+   keeping the logits each token was sampled from (the sampling policy's log-probs), then one
+   no-grad pass for the value model's values, one for the reference's log-probs, and the reward
+   sources' scores;
 2. rewards — shape the score (normalise, clip, missing-EOS penalty) and put it on the last
    token; every token pays the KL penalty to the reference;
 3. advantages — GAE over the response tokens, optionally whitened;
@@ -71,12 +72,16 @@ class ActorCritic(nn.Module):
         # logits_to_keep: the LM head runs on the response positions only, not the prompt.
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                              logits_to_keep=n_response + 1, use_cache=False).logits[:, :-1]
+        return logits, self.values(input_ids, attention_mask, context_length, positions)
+
+    def values(self, input_ids, attention_mask, context_length: int, positions=None):
+        """The value model alone: the value of the state *before* each response token is emitted."""
+        if positions is None:
+            positions = position_ids_from_mask(attention_mask)
         backbone, head = classifier_parts(self.value_model)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                           use_cache=False).last_hidden_state
-        # The value of the state *before* each response token is emitted.
-        values = head(hidden[:, context_length - 1:-1]).squeeze(-1).float()
-        return logits, values
+        return head(hidden[:, context_length - 1:-1]).squeeze(-1).float()
 
 
 @dataclass
@@ -253,15 +258,19 @@ class PPOTrainer:
         # Reseeded per step and process: sampling is reproducible, also across a resume.
         torch.manual_seed(self.seed * 7919 + self.step * self.num_processes + self.accelerator.process_index)
         policy.eval()
-        generated = policy.generate(input_ids=ids, attention_mask=prompt_mask,
-                                    generation_config=self._generation_config())
+        out = policy.generate(input_ids=ids, attention_mask=prompt_mask,
+                              generation_config=self._generation_config())
         context = ids.shape[1]
-        responses, response_mask, has_eos = self._cut_at_eos(generated[:, context:])
+        responses, response_mask, has_eos = self._cut_at_eos(out.sequences[:, context:])
         query_responses = torch.cat([ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
 
-        logprobs, values, entropy, ref_logprobs = self._score_tokens(query_responses, attention_mask, context,
-                                                                     responses)
+        # The sampling policy's log-probs and entropy come from the logits each token was sampled
+        # from (generate returns them), so the policy needs no second pass over the rollout.
+        logits = _tempered(torch.stack(out.logits[:responses.shape[1]], dim=1), self.config.temperature)
+        logprobs, entropy = logprobs_from_logits(logits, responses), entropy_from_logits(logits)
+        del logits, out
+        values, ref_logprobs = self._score_tokens(query_responses, attention_mask, context, responses)
         completions = self._decode(responses, response_mask)
         prompts = [self.prompts[i]["prompt"] for i in rows]
         columns = {key: [self.prompts[i].get(key) for i in rows]
@@ -276,22 +285,18 @@ class PPOTrainer:
                        entropy=entropy, completions=completions, prompts=prompts, scores=scores)
 
     def _score_tokens(self, query_responses, attention_mask, context, responses):
-        """Policy log-probs, values and entropy in one pass, reference log-probs in another,
-        in chunks of rollout_forward_batch_size rows."""
-        temperature = self.config.temperature
+        """Values in one pass, reference log-probs in another, in chunks of
+        rollout_forward_batch_size rows."""
         step = self.config.rollout_forward_batch_size or query_responses.shape[0]
         parts = []
-        self.model.eval()
+        model = self.unwrapped
+        model.eval()
         for start in range(0, query_responses.shape[0], step):
             rows = slice(start, start + step)
             ids, mask, labels = query_responses[rows], attention_mask[rows], responses[rows]
-            logits, values = self.model(ids, mask, context)
-            logits = _tempered(logits, temperature)
-            logprobs = logprobs_from_logits(logits, labels)
-            entropy = entropy_from_logits(logits)
-            del logits
-            ref_logits = _tempered(self._reference_logits(ids, mask, context), temperature)
-            parts.append((logprobs, values, entropy, logprobs_from_logits(ref_logits, labels)))
+            values = model.values(ids, mask, context)
+            ref_logits = _tempered(self._reference_logits(ids, mask, context), self.config.temperature)
+            parts.append((values, logprobs_from_logits(ref_logits, labels)))
         return tuple(torch.cat(p) for p in zip(*parts))
 
     def _reference_logits(self, ids, mask, context):
@@ -317,6 +322,7 @@ class PPOTrainer:
             top_k=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
             no_repeat_ngram_size=0, min_length=0, num_beams=1, num_return_sequences=1, use_cache=True,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids if c.stop_at_eos else [],
+            return_dict_in_generate=True, output_logits=True,  # the raw logits, before any processor
         )
         model_config = getattr(self.unwrapped.policy, "generation_config", None)
         if getattr(model_config, "min_p", None) is not None:
