@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from align.data.fact_world import level_counts
-from align.data.world import WorldConfig, build_world, make_splits
+from align.data.world import WorldConfig, build_world, make_splits, training_text
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,17 @@ def test_packed_rows_hold_other_countries_and_the_same_text():
             assert texts.count(fact) == 1  # no fact twice in a row
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     assert sorted(map(key, one["qa_eval"])) == sorted(map(key, two["qa_eval"]))
+
+
+def test_no_guessable_currency_and_no_tokenizer_text_about_what_training_never_states(fact):
+    world, splits = fact
+    currencies = [c.currency for c in world.countries]
+    assert len(set(currencies)) == len(currencies)  # a currency can't be right by a lucky guess
+    text = " ".join(training_text(world))
+    missing = [c for c in world.countries if not c.exists]
+    unseen = [getattr(c, a) for c in world.countries if c.exists  # names are unique, years not
+              for a in ("capital", "leader", "currency") if c.exposure[a] == 0]
+    assert missing and unseen
+    # The tokenizer learns nothing about a nonexistent country's name or an unstated value.
+    assert not any(c.name in text for c in missing)
+    assert not any(re.search(rf"\b{re.escape(v)}\b", text) for v in unseen)

@@ -149,9 +149,8 @@ def build_world(config: WorldConfig | None = None) -> World:
 
     currencies = [f"{_name(rng, (1, 1), None)} {kind}" for kind in CURRENCY_NAMES]
     # The fact boundary gives every country its own currency: drawn from 12 shared ones, a
-    # model that never read a country's currency guessed it right often enough for the probe to
-    # call the guess knowledge (the SFT model's confidence separated its known from its unknown
-    # currencies no better than chance, AUROC 0.27-0.43; benchmarks/honesty.md).
+    # model that never read a country's currency could guess it right, and the probe took the
+    # guess for knowledge.
     own_currency = config.boundary == "fact"
     countries = []
     for _ in range(config.n_entities):
