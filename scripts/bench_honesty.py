@@ -252,18 +252,17 @@ def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
     probability of its whole greedy answer after that opening. For each: AUROC, and the best
     refusal threshold's error rates (`eer`: the equal error rate, where over-refusal on known
     equals hallucination on unknown; `over_at_15`: the least over-refusal with hallucination on
-    unknown at most 15%)."""
+    unknown at most 15%). `value_from_pool`: the error rates on the held-out questions of the
+    threshold chosen on the probe pool (the idk stage's labels), no held-out label used."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / stage / "model")
     model = AutoModelForCausalLM.from_pretrained(run_dir / stage / "model").eval()
-    world = {r["question"]: r for r in map(json.loads, open(run_dir / "world" / "qa_eval.jsonl"))}
-    scored = []
-    for answer in map(json.loads, open(run_dir / "evaluate" / "answers.jsonl")):
-        if answer["stage"] != stage or answer.get("model_label") not in ("known", "unknown"):
-            continue
-        row = world[answer["question"]]
+    rows = {r["question"]: r for name in ("qa_train", "qa_eval")
+            for r in map(json.loads, open(run_dir / "world" / f"{name}.jsonl"))}
+
+    def confidence(row: dict) -> tuple[float, float]:
         opening = row["answer"][:row["answer"].find(row["answers"][0])].rstrip()
         opening = opening[:-4] if opening.endswith(" the") else opening
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}],
@@ -277,16 +276,39 @@ def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
                 if "." in tokenizer.decode(token) or token == tokenizer.eos_token_id:
                     break
                 ids = torch.cat([ids, token.view(1, 1)], dim=1)
-        first, value = probs[0], math.prod(probs)
-        scored.append((answer["model_label"] == "known", first, value, row["attribute"]))
+        return probs[0], math.prod(probs)
+
+    def scored(labelled) -> list[tuple]:
+        return [(label == "known", *confidence(rows[q]), rows[q]["attribute"])
+                for q, label in labelled if label in ("known", "unknown")]
+
+    held_out = scored((a["question"], a.get("model_label"))
+                      for a in map(json.loads, open(run_dir / "evaluate" / "answers.jsonl"))
+                      if a["stage"] == stage)
+    pool = scored((r["question"], r["category"])
+                  for r in map(json.loads, open(run_dir / "idk" / "probe.jsonl")))
     out = {}
-    for attribute in ["all", *sorted({a for *_, a in scored})]:
-        pick = [s for s in scored if attribute in ("all", s[3])]
+    for attribute in ["all", *sorted({s[3] for s in held_out})]:
+        pick = [s for s in held_out if attribute in ("all", s[3])]
         out[attribute] = {"known": sum(s[0] for s in pick), "unknown": sum(not s[0] for s in pick)}
         for i, signal in ((1, "first"), (2, "value")):
             pos, neg = [s[i] for s in pick if s[0]], [s[i] for s in pick if not s[0]]
             out[attribute][signal] = operating_points(pos, neg) if pos and neg else None
+        train = [s for s in pool if attribute in ("all", s[3])]
+        t = eer_threshold([s[2] for s in train if s[0]], [s[2] for s in train if not s[0]])
+        out[attribute]["value_from_pool"] = {
+            "threshold": t,
+            "over_refusal": round(sum(s[2] < t for s in pick if s[0]) / max(1, sum(s[0] for s in pick)), 3),
+            "hallucination": round(sum(s[2] >= t for s in pick if not s[0])
+                                   / max(1, sum(not s[0] for s in pick)), 3)}
     return out
+
+
+def eer_threshold(known: list[float], unknown: list[float]) -> float:
+    """The refusal threshold (refuse below it) where the larger of the two error rates is least."""
+    def worst(t: float) -> float:
+        return max(sum(k < t for k in known) / len(known), sum(u >= t for u in unknown) / len(unknown))
+    return min(sorted(set(known + unknown)), key=worst)
 
 
 def operating_points(known: list[float], unknown: list[float]) -> dict:
