@@ -33,17 +33,29 @@ def describe(identity: dict) -> str:
     return ", ".join(parts)
 
 
-def check_base_model(recipe: Recipe, stage: str, upstream: str, artifact: Artifact) -> None:
-    recorded = (artifact.manifest.config or {}).get("model")
+def check_base_model(recipe: Recipe, stage: str, upstream: str, artifact: Artifact,
+                     tokenizer_text: str | None = None) -> None:
+    """The upstream artifact was built from the recipe's base model: the same model settings and
+    world, and on the tiny model a tokenizer learnt from the same text (`tokenizer_text`, the
+    digest the stage hash records; it changes with any model stage's training file)."""
+    config = artifact.manifest.config or {}
+    recorded = config.get("model")
     if not isinstance(recorded, dict):
         return  # an artifact of an older format: nothing to compare
-    have = base_identity(recorded, (artifact.manifest.config or {}).get("world"))
+    have = base_identity(recorded, config.get("world"))
     want = base_identity(recipe.model.model_dump(mode="json"), recipe.world)
     if have != want:
         raise AlignError(f"stage '{stage}' would start from the artifact of stage '{upstream}' at "
                          f"{artifact.path}, built from base model {describe(have)}, but "
                          f"{recipe.source} names base model {describe(want)}. Rerun `align run "
                          f"{recipe.source}` to rebuild it, or give this recipe another run_dir.")
+    recorded_text = config.get("tiny_tokenizer_text")
+    if tokenizer_text and recorded_text and recorded_text != tokenizer_text:
+        raise AlignError(f"stage '{stage}' would start from the artifact of stage '{upstream}' at "
+                         f"{artifact.path}, whose tiny tokenizer learnt from other text than the "
+                         f"training files of {recipe.source} give now (one changed since it was "
+                         "built), so its token ids would not mean the same words. Rerun `align "
+                         f"run {recipe.source}` without --only to rebuild it.")
 
 
 def tokenizer_fingerprint(artifact: Artifact) -> str | None:
@@ -78,8 +90,9 @@ def check_tokenizers(stage: str, inputs: dict[str, Artifact]) -> None:
         seen[name] = (fingerprint, artifact)
 
 
-def check_inputs(recipe: Recipe, stage: str, inputs: dict[str, Artifact]) -> None:
+def check_inputs(recipe: Recipe, stage: str, inputs: dict[str, Artifact],
+                 tokenizer_text: str | None = None) -> None:
     for upstream, artifact in inputs.items():
         if artifact.manifest.kind in model_kinds():
-            check_base_model(recipe, stage, upstream, artifact)
+            check_base_model(recipe, stage, upstream, artifact, tokenizer_text)
     check_tokenizers(stage, inputs)

@@ -31,7 +31,7 @@ from align.profiles import is_single_process, profile_path
 from align.recipe import Recipe, load_recipe
 from align.report import write_report
 from align.stage_data import world_dir
-from align.stage_hash import reads_world, rerun_reason, stage_hash
+from align.stage_hash import reads_world, rerun_reason, stage_config, stage_hash
 from align.stages.context import StageContext
 from align.stages.summary import one_line
 
@@ -63,7 +63,7 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None
-    check_inputs(recipe, name, inputs)
+    check_inputs(recipe, name, inputs, stage_config(recipe, name).get("tiny_tokenizer_text"))
     return inputs
 
 

@@ -400,11 +400,14 @@ def _(tmp):
 # -- artifacts ---------------------------------------------------------------------------------
 
 def fake_artifact(directory: Path, kind: str, model: dict, world: dict | None,
-                  vocab: dict | None = None, status: str = "complete") -> Path:
+                  vocab: dict | None = None, status: str = "complete",
+                  tokenizer_text: str | None = None) -> Path:
     """An artifact directory as a finished stage leaves it (no weights: nothing loads them)."""
     (directory / "model").mkdir(parents=True)
+    config = {"stage": {}, "seed": 42, "model": model, "world": world,
+              **({"tiny_tokenizer_text": tokenizer_text} if tokenizer_text else {})}
     manifest = {"name": directory.name, "kind": kind, "status": status, "config_hash": "0" * 16,
-                "config": {"stage": {}, "seed": 42, "model": model, "world": world},
+                "config": config,
                 "model": {"type": "full", "path": "model"}, "tokenizer": "model"}
     (directory / "artifact.json").write_text(json.dumps(manifest))
     tokenizer = {"model": {"type": "BPE", "vocab": vocab or {"a": 0, "b": 1}}, "added_tokens": []}
@@ -470,6 +473,16 @@ def _(tmp):
     fake_artifact(tmp / "run" / "sft", "sft", recipe_model(path), {**SMALL_WORLD, "seed": 5})
     return ["stage", path, "--stage", "dpo"], \
         ["artifact of stage 'sft'", "world {'seed': 5", "another run_dir"]
+
+
+@case("upstream tiny tokenizer from other text")
+def _(tmp):
+    path = dpo_recipe(tmp)
+    fake_artifact(tmp / "run" / "sft", "sft", recipe_model(path), dict(SMALL_WORLD),
+                  tokenizer_text="0123456789abcdef")
+    return ["stage", path, "--stage", "dpo"], \
+        ["artifact of stage 'sft'", "run/sft", "tokenizer learnt from other text",
+         "without --only"]
 
 
 @case("upstream tokenizers differ")
