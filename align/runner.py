@@ -49,7 +49,10 @@ def prepare_world(recipe: Recipe) -> Path | None:
     return out
 
 
-def finished_inputs(recipe: Recipe, name: str) -> dict:
+def finished_inputs(recipe: Recipe, name: str, config: dict | None = None) -> dict:
+    """The stage's upstream artifacts, checked against the recipe (`config`: its stage_config,
+    when the caller already has it)."""
+    config = config or stage_config(recipe, name)
     run_dir = recipe.output_dir()
     inputs = {}
     for upstream in recipe.stages[name].from_:
@@ -63,7 +66,7 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
             raise AlignError(f"stage '{name}' needs the artifact of stage '{upstream}' at {path}, "
                              "which is missing or incomplete; run the recipe (or that stage) "
                              "first.") from None
-    check_inputs(recipe, name, inputs, stage_config(recipe, name).get("tiny_tokenizer_text"))
+    check_inputs(recipe, name, inputs, config.get("tiny_tokenizer_text"))
     return inputs
 
 
@@ -71,8 +74,10 @@ def finished_inputs(recipe: Recipe, name: str) -> dict:
 
 def inputs_and_hash(recipe: Recipe, name: str) -> tuple[dict, str]:
     """The stage's finished upstream artifacts and the hash its own artifact must carry."""
-    inputs = finished_inputs(recipe, name)
-    return inputs, stage_hash(recipe, name, {n: a.manifest.config_hash for n, a in inputs.items()})
+    config = stage_config(recipe, name)  # once: on the tiny model it reads every training file
+    inputs = finished_inputs(recipe, name, config)
+    hashes = {n: a.manifest.config_hash for n, a in inputs.items()}
+    return inputs, stage_hash(recipe, name, hashes, config)
 
 
 def current_artifact(recipe: Recipe, name: str):

@@ -75,8 +75,10 @@ def data_files(recipe: Recipe, name: str) -> list[Path]:
     return files
 
 
-def stage_hash(recipe: Recipe, name: str, input_hashes: dict[str, str]) -> str:
-    return config_hash(stage_config(recipe, name), input_hashes,
+def stage_hash(recipe: Recipe, name: str, input_hashes: dict[str, str],
+               config: dict | None = None) -> str:
+    """`config`: the stage's `stage_config`, when the caller already computed it."""
+    return config_hash(config or stage_config(recipe, name), input_hashes,
                        file_fingerprint(data_files(recipe, name)))
 
 

@@ -296,28 +296,26 @@ def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
             out[attribute][signal] = operating_points(pos, neg) if pos and neg else None
         train = [s for s in pool if attribute in ("all", s[3])]
         t = eer_threshold([s[2] for s in train if s[0]], [s[2] for s in train if not s[0]])
-        out[attribute]["value_from_pool"] = {
-            "threshold": t,
-            "over_refusal": round(sum(s[2] < t for s in pick if s[0]) / max(1, sum(s[0] for s in pick)), 3),
-            "hallucination": round(sum(s[2] >= t for s in pick if not s[0])
-                                   / max(1, sum(not s[0] for s in pick)), 3)}
+        over, halluc = error_rates([s[2] for s in pick if s[0]], [s[2] for s in pick if not s[0]], t)
+        out[attribute]["value_from_pool"] = {"threshold": t, "over_refusal": round(over, 3),
+                                             "hallucination": round(halluc, 3)}
     return out
 
 
+def error_rates(known: list[float], unknown: list[float], t: float) -> tuple[float, float]:
+    """Refusing below `t`: (over-refusal on known, hallucination on unknown)."""
+    return (sum(k < t for k in known) / max(1, len(known)),
+            sum(u >= t for u in unknown) / max(1, len(unknown)))
+
+
 def eer_threshold(known: list[float], unknown: list[float]) -> float:
-    """The refusal threshold (refuse below it) where the larger of the two error rates is least."""
-    def worst(t: float) -> float:
-        return max(sum(k < t for k in known) / len(known), sum(u >= t for u in unknown) / len(unknown))
-    return min(sorted(set(known + unknown)), key=worst)
+    """The refusal threshold where the larger of the two error rates is least."""
+    return min(sorted(set(known + unknown)), key=lambda t: max(error_rates(known, unknown, t)))
 
 
 def operating_points(known: list[float], unknown: list[float]) -> dict:
     """AUROC, and the error rates of the best threshold (refuse below it) on these scores."""
-    points = []
-    for t in sorted(set(known + unknown)) + [math.inf]:
-        over = sum(k < t for k in known) / len(known)
-        halluc = sum(u >= t for u in unknown) / len(unknown)
-        points.append((over, halluc))
+    points = [error_rates(known, unknown, t) for t in sorted(set(known + unknown)) + [math.inf]]
     eer = min(points, key=lambda p: max(p))
     return {"auroc": round(auroc(known, unknown), 3), "eer": round(max(eer), 3),
             "over_at_15": round(min(o for o, h in points if h <= 0.15), 3)}
