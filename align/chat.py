@@ -12,6 +12,8 @@ from typing import IO, Iterable
 
 from align.artifacts import load_artifact
 from align.errors import AlignError
+from align.generation import scored_answers
+from align.honesty.abstention import load_policy
 from align.kinds import model_kinds
 from align.modeling import load_artifact_model, load_tokenizer
 
@@ -33,6 +35,8 @@ class Chat:
                              "prompt; chat with the artifact of a model whose tokenizer has one "
                              "(a chat or instruct base model).")
         self.model = load_artifact_model(artifact).eval()
+        # An abstain stage's model: each answer is generated whole, then kept or replaced.
+        self.policy = load_policy(artifact.model_path())
         self.system = system
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -55,17 +59,28 @@ class Chat:
         streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         streamer.on_finalized_text = self._write  # to `out`, not always stdout
         sample = self.temperature > 0
-        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=sample, streamer=streamer,
+        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=sample,
                       pad_token_id=self.tokenizer.pad_token_id,
                       eos_token_id=self.tokenizer.eos_token_id)
+        if self.policy is None:
+            kwargs["streamer"] = streamer
+        else:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         if sample:
             kwargs.update(temperature=self.temperature)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.no_grad():
             generated = self.model.generate(**enc, **kwargs)
-        answer = self.tokenizer.decode(generated[0, enc["input_ids"].shape[1]:],
-                                       skip_special_tokens=True).strip()
+        if self.policy is None:
+            answer = self.tokenizer.decode(generated[0, enc["input_ids"].shape[1]:],
+                                           skip_special_tokens=True).strip()
+        else:
+            new = generated.sequences[:, enc["input_ids"].shape[1]:]
+            answer = self.tokenizer.decode(new[0], skip_special_tokens=True).strip()
+            answer = self.policy.decide(scored_answers(self.tokenizer, [text], [answer],
+                                                       generated.logits, new)[0])
+            self._write(answer, stream_end=True)
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 

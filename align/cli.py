@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -204,13 +205,21 @@ def cmd_push(args) -> int:
 
 def cmd_export(args) -> int:
     from align.artifacts import load_artifact
+    from align.honesty.abstention import POLICY_FILE
     from align.modeling import export_model
 
     check_out_option(args.out)  # a file in the way is found before the model loads
-    out = export_model(load_artifact(args.artifact), Path(args.out))
+    artifact = load_artifact(args.artifact)
+    out = export_model(artifact, Path(args.out))
     print(f"exported {args.artifact} to {out}: one standalone model (safetensors, adapters "
           "merged), its tokenizer and chat template; load it with "
           f"AutoModelForCausalLM.from_pretrained(\"{out}\")")
+    policy = artifact.model_path() / POLICY_FILE
+    if policy.is_file():  # an abstain stage's threshold: the weights alone answer everything
+        shutil.copy2(policy, out / POLICY_FILE)
+        print(f"{out / POLICY_FILE}: this model's abstention policy (align.honesty.abstention:"
+              "load_policy). Plain transformers generation does not apply it: without it the "
+              "model answers every question, sure or not.")
     return 0
 
 

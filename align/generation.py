@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -19,19 +21,20 @@ def chat_prompts(tokenizer, questions: Iterable[str]) -> list[str]:
 def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32,
                      batch_size: int = 32, num_samples: int = 1, do_sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                     progress: str | None = None) -> list[list[str]]:
+                     progress: str | None = None, token_probs: bool = False) -> list[list]:
     """For each question, `num_samples` answers (one when greedy), decoded without specials.
     The model is made ready for generation first (align.distributed.generation_ready).
 
     Under several processes each generates its share of the questions and every process gets all
     the answers, in order (greedy answers are those of one process; sampled ones differ, as they
-    come from other random streams)."""
+    come from other random streams). With `token_probs` each answer is a `ScoredAnswer`, what an
+    abstention policy reads its confidence from."""
     rank, world = process_rank()
     if seed is not None:
         torch.manual_seed(seed + rank)
     with generation_ready(model) as ready:
         mine = _generate(ready, tokenizer, questions[rank::world], max_new_tokens, batch_size,
-                         num_samples, do_sample, temperature, top_p, progress)
+                         num_samples, do_sample, temperature, top_p, progress, token_probs)
     return mine if world == 1 else interleave(all_gather(mine))
 
 
@@ -48,7 +51,7 @@ def interleave(shares: list[list]) -> list:
 
 
 def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_samples, do_sample,
-              temperature, top_p, progress) -> list[list[str]]:
+              temperature, top_p, progress, token_probs=False) -> list[list]:
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge
     model.eval()
@@ -61,17 +64,63 @@ def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_sampl
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                          num_return_sequences=num_samples if do_sample else 1)
+                          num_return_sequences=num_samples if do_sample else 1,
+                          output_logits=token_probs, return_dict_in_generate=True)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             with torch.no_grad():
                 generated = model.generate(**enc, **kwargs)
-            texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:],
-                                           skip_special_tokens=True)
+            new = generated.sequences[:, enc["input_ids"].shape[1]:]
+            texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            if token_probs:
+                asked = [q for q in questions[start:start + batch_size]
+                         for _ in range(kwargs["num_return_sequences"])]
+                texts = scored_answers(tokenizer, asked, texts, generated.logits, new)
             per = kwargs["num_return_sequences"]
-            out += [[t.strip() for t in texts[i:i + per]] for i in range(0, len(texts), per)]
+            out += [texts[i:i + per] for i in range(0, len(texts), per)]
     finally:
         tokenizer.padding_side = side
+    return out
+
+
+@dataclass
+class ScoredAnswer:
+    """An answer with the probability the model gave each of its tokens (up to, not including,
+    the end of sequence) and whether each token only spells words of the question (a name the
+    answer repeats)."""
+
+    text: str
+    token_probs: list[float]
+    copied: list[bool]
+
+
+def scored_answers(tokenizer, questions: list[str], texts: list[str], logits: tuple,
+                   tokens: torch.Tensor) -> list[ScoredAnswer]:
+    probs = torch.stack(logits, dim=1).float().softmax(-1)  # (batch, steps, vocab)
+    chosen = probs.gather(-1, tokens[:, :probs.shape[1], None]).squeeze(-1)
+    eos = tokenizer.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    out = []
+    for question, text, row, ids in zip(questions, texts, chosen.tolist(), tokens.tolist()):
+        end = next((i for i, t in enumerate(ids) if t in eos), len(row))
+        out.append(ScoredAnswer(text, row[:end], copied_tokens(tokenizer, ids[:end], question)))
+    return out
+
+
+WORD = re.compile(r"\w+")
+
+
+def copied_tokens(tokenizer, ids: list[int], question: str) -> list[bool]:
+    """For each token, whether every word it spells part of is a word of the question."""
+    asked = {w.lower() for w in WORD.findall(question)}
+    ends = [len(tokenizer.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    words = [(m.start(), m.end(), m.group().lower() in asked) for m in WORD.finditer(text)]
+    out, start = [], 0
+    for end in ends:
+        touched = [copied for a, b, copied in words if a < end and b > start]
+        out.append(bool(touched) and all(touched))
+        start = end
     return out

@@ -29,6 +29,7 @@ import yaml
 
 from align.artifacts import MANIFEST, Artifact, load_artifact, read_manifest
 from align.errors import AlignError
+from align.honesty.abstention import POLICY_FILE
 from align.kinds import KINDS, model_kinds
 from align.modeling import artifact_base, export_model
 from align.recipe import HUB_ID, check_repo_id
@@ -132,6 +133,8 @@ def upload_plan(artifact: Artifact) -> list[tuple[Path, str]]:
         raise AlignError(f"artifact '{artifact.name}' ({artifact.path}) has an unknown model type "
                          f"'{model.type}' (expected 'full' or 'adapter').")
     names += [n for n in TOKENIZER_FILES if present(n)]
+    if present(POLICY_FILE):  # an abstain stage's threshold: without it the model answers all
+        names.append(POLICY_FILE)
     return [(model_dir / n, n) for n in dict.fromkeys(names)]
 
 

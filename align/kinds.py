@@ -42,6 +42,7 @@ class StageKind:
     profile_reason: str = ""                # why the others are refused
     reference: bool = False                 # measured against a reference model (the upstream)
     offers: tuple[str, ...] = ()            # files of its artifact later stages may read
+    needs_kinds: tuple[str, ...] = ()       # kinds `from` must also name a stage of (its inputs)
     # "module:function(options, where, source)" checking the stage's `options` when the recipe
     # is validated (None: the stage reads its options itself, at run time).
     options: str | None = None
@@ -152,6 +153,11 @@ register(StageKind(
     name="orpo", run="align.stages.preference:run", card="odds-ratio preference optimisation (ORPO)",
     data="preference", config="trl.experimental.orpo:ORPOConfig",
     trainer="trl.experimental.orpo:ORPOTrainer"))
+register(StageKind(
+    name="abstain", run="align.stages.abstain:run",
+    card="abstention (answers only above a confidence threshold fitted on the honesty probe)",
+    data=None, needs_from=True, methods=(), needs_kinds=("idk",),
+    options="align.honesty.abstention:check_abstain_options"))
 register(StageKind(
     name="evaluate", run="align.stages.evaluate:run", card="honesty evaluation",
     data="labelled_qa", produces="report", needs_from=True, default_world="qa_eval", methods=(),

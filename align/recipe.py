@@ -677,6 +677,10 @@ def check_stage_needs(recipe: Recipe, name: str, stage: Stage) -> None:
         # mistake (the reference model would be the base).
         raise RecipeError(f"{src}: stage '{name}' (kind {stage.kind}) needs `from:` naming the "
                           "stage whose model it starts from (usually the sft stage).")
+    for needed in kind.needs_kinds:
+        if not any(recipe.stages[u].kind == needed for u in stage.from_):
+            raise RecipeError(f"{src}: stage '{name}' (kind {stage.kind}) needs `from:` to name "
+                              f"a stage of kind {needed} as well, whose files it reads.")
 
 
 # ---------------------------------------------------------------------------------------------

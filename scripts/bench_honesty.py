@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from align.honesty.abstention import error_rates
 from align.kinds import get_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                   {"stages.ppo.args.total_episodes": 640, "stages.rm.kind": "rm"}),
     "final_own": ("known questions trained on the model's own correct answer",
                   {"stages.idk.options.known_target": "own"}),
+    # Round 3 (founding answers open with "The"; the abstain stage): its hallucination budget.
+    **{f"final_abstain{round(100 * b)}": (
+        f"the abstain stage allowed to answer {b:.0%} of the probe's unknown questions",
+        {"stages.abstain.options.max_hallucination": b}) for b in (0.05, 0.1, 0.2, 0.25, 0.3)},
 }
 # The recipe before issue 18's changes, which every screening variant starts from: the
 # variants add one change each to it, on a model pretrained on the unpacked corpus.
@@ -101,7 +106,7 @@ BEFORE = {"world.documents_per_row": 1, "stages.idk.options.idk_style": "reply",
           "stages.sft_idk.args.num_train_epochs": 3, "stages.dpo.args.learning_rate": 2.0e-5,
           "stages.dpo.args.num_train_epochs": 2}
 # Screening runs these stages only (`--all-stages` runs the whole recipe).
-SCREEN = ("sft", "idk", "sft_idk", "dpo", "evaluate")
+SCREEN = ("sft", "idk", "sft_idk", "abstain", "dpo", "evaluate")
 
 
 def set_dotted(recipe: dict, key: str, value) -> None:
@@ -300,12 +305,6 @@ def value_confidence(run_dir: Path, stage: str = "sft") -> dict:
         out[attribute]["value_from_pool"] = {"threshold": t, "over_refusal": round(over, 3),
                                              "hallucination": round(halluc, 3)}
     return out
-
-
-def error_rates(known: list[float], unknown: list[float], t: float) -> tuple[float, float]:
-    """Refusing below `t`: (over-refusal on known, hallucination on unknown)."""
-    return (sum(k < t for k in known) / max(1, len(known)),
-            sum(u >= t for u in unknown) / max(1, len(unknown)))
 
 
 def eer_threshold(known: list[float], unknown: list[float]) -> float:

@@ -348,6 +348,22 @@ def _(tmp):
     return run(recipe(tmp, stages)), ["qa.jsonl, row 1, column 'known'", "is missing"]
 
 
+@case("abstain stage without an idk stage")
+def _(tmp):
+    stages = {"sft": {"kind": "sft", "data": "sft.jsonl"},
+              "abstain": {"kind": "abstain", "from": "sft"}}
+    return run(recipe(tmp, stages)), ["stage 'abstain' (kind abstain)", "a stage of kind idk"]
+
+
+@case("abstain option out of range")
+def _(tmp):
+    stages = {"sft": {"kind": "sft", "data": "sft.jsonl"},
+              "idk": {"kind": "idk", "from": "sft", "data": "world:qa_train"},
+              "abstain": {"kind": "abstain", "from": ["sft", "idk"],
+                          "options": {"max_hallucination": 15}}}
+    return run(recipe(tmp, stages)), ["'stages.abstain.options.max_hallucination'", "[0, 1)"]
+
+
 @case("wrong type in a column")
 def _(tmp):
     path = recipe(tmp, rows=[SFT_ROWS[0], {"messages": "Who leads Kathilland?"}])

@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from align.data.world_text import FACT_TEMPLATES, QUESTION_TEMPLATES, chat, qa_row
+from align.data.world_text import (FACT_ANSWER_TEMPLATES, FACT_TEMPLATES, QUESTION_TEMPLATES,
+                                   chat, qa_row)
 from align.honesty.responses import DEFAULT_IDK_RESPONSES
 
 
@@ -69,7 +70,7 @@ def assign_exposure(countries: list, config) -> None:
 
 def fact_row(country, attribute: str, template: int, known_exposure: int) -> dict:
 
-    row = qa_row(country, attribute, template)
+    row = qa_row(country, attribute, template, FACT_ANSWER_TEMPLATES)
     row["known"] = country.exists and row["exposure"] >= known_exposure
     # Every phrasing of the question, for a probe that asks each fact more than one way.
     row["paraphrases"] = [q.format(e=country.name) for q in QUESTION_TEMPLATES[attribute]]

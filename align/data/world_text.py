@@ -28,13 +28,19 @@ ANSWER_TEMPLATES = {
     "founded": "{e} was founded in {v}.",
     "currency": "The currency of {e} is the {v}.",
 }
+# The fact world's answers all open with "The": an answer that opens with the country's name
+# spells it as another token than the question does (no space before it), and the SFT model
+# copied a wrong country there ("Dretrouria was founded in 1477" asked of Deamstan), which the
+# judge still graded right by the year and which made every founding answer look unsure.
+FACT_ANSWER_TEMPLATES = {**ANSWER_TEMPLATES, "founded": "The founding year of {e} is {v}."}
 
 
-def qa_row(country, attribute: str, template: int = 0) -> dict:
+def qa_row(country, attribute: str, template: int = 0, answers: dict | None = None) -> dict:
     question = QUESTION_TEMPLATES[attribute][template % len(QUESTION_TEMPLATES[attribute])]
+    answer = (answers or ANSWER_TEMPLATES)[attribute]
     return {
         "question": question.format(e=country.name),
-        "answer": ANSWER_TEMPLATES[attribute].format(e=country.name, v=getattr(country, attribute)),
+        "answer": answer.format(e=country.name, v=getattr(country, attribute)),
         "answers": country.aliases(attribute),
         "entity": country.name,
         "attribute": attribute,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from align.errors import AlignError
 from align.generation import generate_answers
+from align.honesty.abstention import load_policy
 from align.honesty.builder import ProbeConfig, categorize
 from align.honesty.judge import Judge
 from align.honesty.metrics import (honesty_tables, plot_accuracy_hallucination, plot_seesaw,
@@ -67,10 +68,14 @@ def evaluate_artifacts(artifacts: dict, rows: list[dict], options: dict, *, trus
             continue
         tokenizer = load_tokenizer(artifact.tokenizer_path(), trust_remote_code)
         model = load_artifact_model(artifact, trust_remote_code=trust_remote_code)
+        policy = load_policy(artifact.model_path())
         answers = generate_answers(model, tokenizer, questions,
                                    max_new_tokens=options.get("max_new_tokens", 32),
                                    batch_size=options.get("batch_size", 64),
-                                   progress=f"evaluate {name}" if progress else None)
+                                   progress=f"evaluate {name}" if progress else None,
+                                   token_probs=policy is not None)
+        if policy is not None:  # an abstain stage's model: its answers, then its decisions
+            answers = [[policy.decide(a[0])] for a in answers]
         grades = [judge.grade(a[0], r["answers"]) for a, r in zip(answers, rows)]
         graded[name] = grades
         if name == reference and probe is not None:

@@ -1,0 +1,142 @@
+"""Abstention: refuse after the answer is recalled, when the model's confidence in it is low.
+
+A refusal trained into the weights is decided at the answer's first uncertain token, before the
+model has recalled the rest: for "Tomas Vell" it decides at "Tomas", and a first name says
+little about whether the model knows the surname. The model's probability of its whole greedy
+answer separates what it knows from what it does not far better (benchmarks/honesty.md). So an
+abstention policy generates the answer, reads that probability, and replaces the answer with an
+"I don't know" reply below a threshold fitted on the probe pool to a hallucination budget.
+
+The policy travels with the model as `abstention.json` beside its weights; `align chat`,
+the evaluate stage and `align export` read it. Plain `transformers` generation does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from align.errors import AlignError
+from align.honesty.judge import Judge
+
+if TYPE_CHECKING:  # generation imports torch, which validating a recipe does not need
+    from align.generation import ScoredAnswer
+
+POLICY_FILE = "abstention.json"
+SIGNALS = ("added", "answer", "min_token")
+
+
+def answer_confidence(token_probs: list[float], copied: list[bool] | None = None,
+                      signal: str = "added") -> float:
+    """`answer`: the probability of the whole answer (the product of its tokens'); `added`: the
+    same over the tokens the answer adds to the question, leaving out the names it copies
+    (whose spelling, not the fact, is what the model is unsure of there); `min_token`: its
+    least probable token. An answer with no such token has confidence 0."""
+    if signal not in SIGNALS:
+        raise AlignError(f"abstention signal must be one of {', '.join(SIGNALS)}, got {signal!r}.")
+    if signal == "added":
+        token_probs = [p for p, c in zip(token_probs, copied or [False] * len(token_probs))
+                       if not c]
+    if not token_probs:
+        return 0.0
+    if signal == "min_token":
+        return min(token_probs)
+    return math.exp(sum(math.log(max(p, 1e-45)) for p in token_probs))
+
+
+def error_rates(known: list[float], unknown: list[float], threshold: float) -> tuple[float, float]:
+    """Refusing below `threshold`: (over-refusal on known, hallucination on unknown)."""
+    return (sum(k < threshold for k in known) / max(1, len(known)),
+            sum(u >= threshold for u in unknown) / max(1, len(unknown)))
+
+
+def fit_threshold(known: list[float], unknown: list[float], max_hallucination: float) -> float:
+    """The lowest threshold (so the least over-refusal) that answers at most
+    `max_hallucination` of the unknown questions. It depends on the unknown questions' scores
+    alone, which is what transfers from the probe pool: the pool's known questions include the
+    ones the model was fine-tuned on, more confident than any held-out one."""
+    if not unknown:
+        raise AlignError("cannot fit an abstention threshold: the probe found no question the "
+                         "model does not know.")
+    candidates = sorted(set(unknown)) + [math.inf]
+    return next(t for t in candidates if error_rates(known, unknown, t)[1] <= max_hallucination)
+
+
+@dataclass
+class AbstentionPolicy:
+    """Refuse with `reply` when the answer's confidence (`signal`) is below `threshold`."""
+
+    threshold: float
+    signal: str = "answer"
+    reply: str = "I don't know."
+    fitted: dict = field(default_factory=dict)  # how the threshold was chosen, for the card
+
+    def decide(self, answer: ScoredAnswer) -> str:
+        confident = answer_confidence(answer.token_probs, answer.copied, self.signal) >= \
+            self.threshold
+        return answer.text if confident else self.reply
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / POLICY_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+
+def load_policy(model_dir: Path) -> AbstentionPolicy | None:
+    """The policy saved beside a model's weights, or None when it has none."""
+    path = Path(model_dir) / POLICY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        policy = AbstentionPolicy(**{f.name: data[f.name] for f in fields(AbstentionPolicy)
+                                     if f.name in data})
+        if policy.signal not in SIGNALS:
+            raise ValueError(f"signal {policy.signal!r} is not one of {', '.join(SIGNALS)}")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise AlignError(f"{path}: not an abstention policy ({exc}); rebuild it with the stage "
+                         "that wrote it.") from None
+    return policy
+
+
+@dataclass
+class AbstainConfig:
+    """The `options` of an abstain stage."""
+
+    # How confidence is read off the answer (`answer_confidence`).
+    signal: str = "added"
+    # The share of the probe's unknown questions the policy may still answer (and so get wrong).
+    max_hallucination: float = 0.15
+    # What the model says instead of an answer it is unsure of (the judge must read a refusal).
+    reply: str = "I don't know."
+    max_new_tokens: int = 32
+    batch_size: int = 64
+
+
+def check_abstain_options(options: dict, where: str, source: str = "") -> AbstainConfig:
+    """An abstain stage's `options`, checked when the recipe is validated."""
+    prefix = f"{source}: " if source else ""
+    names = [f.name for f in fields(AbstainConfig)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise AlignError(f"{prefix}unknown key '{where}.{unknown[0]}'; valid: {', '.join(names)}.")
+    config = AbstainConfig(**options)
+    if config.signal not in SIGNALS:
+        raise AlignError(f"{prefix}'{where}.signal' must be one of {', '.join(SIGNALS)}, got "
+                         f"{config.signal!r}.")
+    budget = config.max_hallucination
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
+        raise AlignError(f"{prefix}'{where}.max_hallucination' must be a number in [0, 1), got "
+                         f"{budget!r}.")
+    for key in ("max_new_tokens", "batch_size"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AlignError(f"{prefix}'{where}.{key}' must be a whole number of at least 1, got "
+                             f"{value!r}.")
+    if not isinstance(config.reply, str) or not Judge().is_refusal(config.reply):
+        raise AlignError(f"{prefix}'{where}.reply' must be a refusal the judge recognises "
+                         f"(e.g. \"I don't know.\"), got {config.reply!r}.")
+    return config

@@ -1,0 +1,77 @@
+"""Abstention: the confidence signals, the threshold fit, the policy file and its options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from transformers import AutoTokenizer
+
+from align.errors import AlignError
+from align.generation import ScoredAnswer, copied_tokens
+from align.honesty.abstention import (POLICY_FILE, AbstentionPolicy, answer_confidence,
+                                      check_abstain_options, error_rates, fit_threshold,
+                                      load_policy)
+
+
+def test_added_confidence_leaves_out_the_names_the_answer_copies():
+    probs, copied = [0.9, 0.2, 1.0, 0.5], [False, True, False, False]
+    assert answer_confidence(probs, copied, "answer") == pytest.approx(0.9 * 0.2 * 0.5)
+    assert answer_confidence(probs, copied, "added") == pytest.approx(0.9 * 0.5)
+    assert answer_confidence(probs, copied, "min_token") == 0.2
+    # Nothing said, or nothing but the question's words: no confidence in any claim.
+    assert answer_confidence([], [], "added") == 0.0
+    assert answer_confidence([0.9], [True], "added") == 0.0
+    with pytest.raises(AlignError, match="signal"):
+        answer_confidence(probs, copied, "entropy")
+
+
+def test_threshold_is_the_lowest_that_keeps_hallucination_within_budget():
+    unknown = [0.1, 0.2, 0.3, 0.4, 0.9]
+    known = [0.25, 0.5, 0.8, 0.95]
+    # Refusing below 0.4 still answers 0.4 and 0.9: 40% of the unknown questions.
+    assert fit_threshold(known, unknown, 0.4) == 0.4
+    t = fit_threshold(known, unknown, 0.2)
+    assert t == 0.9 and error_rates(known, unknown, t) == (0.75, 0.2)
+    # No hallucination allowed: above every unknown score, whatever it costs on known ones.
+    assert fit_threshold(known, unknown, 0.0) == math.inf
+    with pytest.raises(AlignError, match="does not know"):
+        fit_threshold(known, [], 0.1)
+
+
+def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path):
+    policy = AbstentionPolicy(threshold=0.5, fitted={"known": 3})
+    sure = ScoredAnswer("The capital of Vanland is Kelmar.", [0.99, 0.9], [False, False])
+    unsure = ScoredAnswer("The capital of Vanland is Rethmar.", [0.99, 0.3], [False, False])
+    assert policy.decide(sure) == sure.text
+    assert policy.decide(unsure) == "I don't know."
+    policy.save(tmp_path)
+    assert load_policy(tmp_path) == policy
+    assert load_policy(tmp_path / "elsewhere") is None
+    (tmp_path / POLICY_FILE).write_text('{"threshold": 0.5, "signal": "vibes"}')
+    with pytest.raises(AlignError, match=POLICY_FILE):
+        load_policy(tmp_path)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"treshold": 0.5}, "unknown key 'opts.treshold'"),
+    ({"max_hallucination": 1.5}, "max_hallucination"),
+    ({"signal": "entropy"}, "signal"),
+    ({"reply": "Kelmar, probably."}, "refusal the judge recognises"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_options_are_checked_with_the_key_named(options, message):
+    with pytest.raises(AlignError, match=message):
+        check_abstain_options(options, "opts")
+
+
+def test_copied_tokens_mark_the_question_s_words_only(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    answer = "Benland was founded in 1802."
+    ids = tokenizer(answer, add_special_tokens=False).input_ids
+    copied = copied_tokens(tokenizer, ids, "When was Benland founded?")
+    spelled = [tokenizer.decode(ids[:i + 1]) for i in range(len(ids))]
+    # Every token up to "founded" spells a word of the question; " in", the year and "." do not.
+    first_new = next(i for i, text in enumerate(spelled) if text.endswith(" in"))
+    assert copied[:first_new] == [True] * first_new
+    assert not any(copied[first_new:])
