@@ -173,15 +173,15 @@ def pretrain(out: Path, settings: dict) -> Path:
 
 
 def reuse_upstream(out: Path, name: str, seed: int) -> None:
-    """Copy `sft` and `idk` from an earlier run of the same seed: the runner keeps them only if
-    their stage hash matches (same settings, same world, same inputs), else reruns them."""
+    """Copy the stages every variant runs from an earlier run of the same seed: the runner keeps
+    each only if its stage hash matches (same settings, same world, same inputs), else reruns it."""
     import shutil
 
     target = out / f"{name}-s{seed}"
     for donor in sorted(out.glob(f"*-s{seed}")):
         if donor == target or not donor.is_dir():
             continue
-        for stage in ("sft", "idk"):
+        for stage in ("sft", "idk", "sft_idk", "dpo"):
             if (donor / stage / "artifact.json").exists() and not (target / stage).exists():
                 shutil.copytree(donor / stage, target / stage)
 
