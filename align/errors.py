@@ -11,6 +11,16 @@ class AlignError(Exception):
     exit_code = 2
 
 
+def check_counts(options, keys, where: str, prefix: str = "") -> None:
+    """Each of `keys` (attributes of `options`, or keys of a mapping, defaulting to 1) is a whole
+    number of at least 1: a stage's batch sizes, sample counts and token limits."""
+    for key in keys:
+        value = options.get(key, 1) if isinstance(options, dict) else getattr(options, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AlignError(f"{prefix}'{where}.{key}' must be a whole number of at least 1, got "
+                             f"{value!r}.")
+
+
 class DataError(AlignError):
     """A dataset problem; the message names the file, the row (1-based) and the column."""
 

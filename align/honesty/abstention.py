@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from align.errors import AlignError
+from align.errors import AlignError, check_counts
 from align.honesty.judge import Judge
 
 if TYPE_CHECKING:  # generation imports torch, which validating a recipe does not need
@@ -70,7 +70,7 @@ class AbstentionPolicy:
     """Refuse with `reply` when the answer's confidence (`signal`) is below `threshold`."""
 
     threshold: float
-    signal: str = "answer"
+    signal: str = "added"
     reply: str = "I don't know."
     fitted: dict = field(default_factory=dict)  # how the threshold was chosen, for the card
 
@@ -131,11 +131,7 @@ def check_abstain_options(options: dict, where: str, source: str = "") -> Abstai
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
         raise AlignError(f"{prefix}'{where}.max_hallucination' must be a number in [0, 1), got "
                          f"{budget!r}.")
-    for key in ("max_new_tokens", "batch_size"):
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AlignError(f"{prefix}'{where}.{key}' must be a whole number of at least 1, got "
-                             f"{value!r}.")
+    check_counts(config, ("max_new_tokens", "batch_size"), where, prefix)
     if not isinstance(config.reply, str) or not Judge().is_refusal(config.reply):
         raise AlignError(f"{prefix}'{where}.reply' must be a refusal the judge recognises "
                          f"(e.g. \"I don't know.\"), got {config.reply!r}.")

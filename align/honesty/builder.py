@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from align.errors import AlignError
+from align.errors import AlignError, check_counts
 from align.generation import generate_answers
 from align.honesty.responses import (CONFIDENCE_PREFIXES, DEFAULT_IDK_RESPONSES,
                                      INLINE_IDK_ENDINGS)
@@ -85,11 +85,7 @@ def check_probe_options(options: dict, where: str, source: str = "") -> ProbeCon
         config = ProbeConfig.from_options(options, where)
     except TypeError as exc:
         raise AlignError(f"{prefix}{where}: {exc}") from None
-    for key in ("k", "max_new_tokens", "batch_size"):
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AlignError(f"{prefix}'{where}.{key}' must be a whole number of at least 1, got "
-                             f"{value!r}.")
+    check_counts(config, ("k", "max_new_tokens", "batch_size"), where, prefix)
     for key in ("temperature", "top_p"):
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \

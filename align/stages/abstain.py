@@ -30,7 +30,8 @@ def run(ctx: StageContext):
     tokenizer = ctx.load_tokenizer_of(upstream)
     answers = generate_answers(model, tokenizer, [r["question"] for r in probed],
                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                               token_probs=True, progress="abstain (probe pool)" if ctx.is_main else None)
+                               token_probs=True,
+                               progress="abstain (probe pool)" if ctx.is_main else None)
     scores = {"known": [], "unknown": []}
     for record, [answer] in zip(probed, answers):
         scores[record["category"]].append(

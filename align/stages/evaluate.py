@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from align.errors import AlignError
+from align.errors import AlignError, check_counts
 from align.generation import generate_answers
 from align.honesty.abstention import load_policy
 from align.honesty.builder import ProbeConfig, categorize
@@ -41,11 +41,7 @@ def check_options(options: dict, where: str = "options", source: str = "") -> No
     if unknown:
         raise AlignError(f"{prefix}unknown key '{where}.{unknown[0]}'; valid: "
                          f"{', '.join(sorted(OPTIONS))}.")
-    for key in ("max_new_tokens", "batch_size"):
-        value = options.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AlignError(f"{prefix}'{where}.{key}' must be a whole number of at least 1, got "
-                             f"{value!r}.")
+    check_counts(options, ("max_new_tokens", "batch_size"), where, prefix)
     reference_probe(options.get("probe", {}), f"{where}.probe")
 
 
