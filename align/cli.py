@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -205,7 +204,7 @@ def cmd_push(args) -> int:
 
 def cmd_export(args) -> int:
     from align.artifacts import load_artifact
-    from align.honesty.abstention import POLICY_FILE
+    from align.honesty.abstention import copy_policy
     from align.modeling import export_model
 
     check_out_option(args.out)  # a file in the way is found before the model loads
@@ -214,10 +213,9 @@ def cmd_export(args) -> int:
     print(f"exported {args.artifact} to {out}: one standalone model (safetensors, adapters "
           "merged), its tokenizer and chat template; load it with "
           f"AutoModelForCausalLM.from_pretrained(\"{out}\")")
-    policy = artifact.model_path() / POLICY_FILE
-    if policy.is_file():  # an abstain stage's threshold: the weights alone answer everything
-        shutil.copy2(policy, out / POLICY_FILE)
-        print(f"{out / POLICY_FILE}: this model's abstention policy (align.honesty.abstention:"
+    policy = copy_policy(artifact.model_path(), out)  # an abstain stage's threshold
+    if policy is not None:
+        print(f"{policy}: this model's abstention policy (align.honesty.abstention:"
               "load_policy). Plain transformers generation does not apply it: without it the "
               "model answers every question, sure or not.")
     return 0

@@ -29,7 +29,7 @@ import yaml
 
 from align.artifacts import MANIFEST, Artifact, load_artifact, read_manifest
 from align.errors import AlignError
-from align.honesty.abstention import POLICY_FILE
+from align.honesty.abstention import POLICY_FILE, copy_policy
 from align.kinds import KINDS, model_kinds
 from align.modeling import artifact_base, export_model
 from align.recipe import HUB_ID, check_repo_id
@@ -211,6 +211,8 @@ def _merged_export(artifact: Artifact) -> tuple[Artifact, list[tuple[Path, str]]
     names = _full_weight_files(merged, out) + [n for n in FULL_CONFIG_FILES
                                               if (out / n).is_file()]
     names += [n for n in TOKENIZER_FILES if (out / n).is_file()]
+    if copy_policy(artifact.model_path(), out):  # an abstain stage's threshold
+        names.append(POLICY_FILE)
     return merged, [(out / n, n) for n in dict.fromkeys(names)]
 
 

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 from align.errors import AlignError
 from align.generation import ScoredAnswer, copied_tokens
 from align.honesty.abstention import (POLICY_FILE, AbstentionPolicy, answer_confidence,
-                                      check_abstain_options, error_rates, fit_threshold,
-                                      load_policy)
+                                      check_abstain_options, copy_policy, error_rates,
+                                      fit_threshold, load_policy)
 
 
 def test_added_confidence_leaves_out_the_names_the_answer_copies():
@@ -48,6 +48,9 @@ def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path)
     policy.save(tmp_path)
     assert load_policy(tmp_path) == policy
     assert load_policy(tmp_path / "elsewhere") is None
+    (tmp_path / "export").mkdir()
+    assert load_policy(copy_policy(tmp_path, tmp_path / "export").parent) == policy
+    assert copy_policy(tmp_path / "export" / "none", tmp_path) is None
     (tmp_path / POLICY_FILE).write_text('{"threshold": 0.5, "signal": "vibes"}')
     with pytest.raises(AlignError, match=POLICY_FILE):
         load_policy(tmp_path)

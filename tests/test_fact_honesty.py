@@ -2,7 +2,7 @@
 abstain stage's threshold, the model must refuse the held-out questions its own SFT model does
 not know (the probe's labels, nonexistent countries included) more often than those it does;
 `sft_idk` must refuse nonexistent countries more often than facts it knows; and `align chat`
-and `align export` must carry the abstain stage's policy.
+`align export` and `align push` must carry the abstain stage's policy.
 
 What it does not assert: that the separation holds within every attribute, or the issue's
 targets; the full world's figures are in benchmarks/honesty.md, not in a test."""
@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from align.cli import main
-from align.honesty.abstention import load_policy
+from align.honesty.abstention import POLICY_FILE, load_policy
+from align.hub import upload_plan
 from align.runner import run_recipe
 
 HONESTY = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "honesty.yaml"
@@ -103,3 +104,4 @@ def test_abstention_refuses_what_the_sft_model_does_not_know(results, tmp_path, 
     exported = load_policy(tmp_path / "export")
     assert exported == load_policy(results["abstain"].model_path())
     assert exported.threshold > 0
+    assert POLICY_FILE in [repo_path for _, repo_path in upload_plan(results["abstain"])]

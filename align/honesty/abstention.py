@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,6 +84,16 @@ class AbstentionPolicy:
         path = Path(model_dir) / POLICY_FILE
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
+
+
+def copy_policy(model_dir: Path, out_dir: Path) -> Path | None:
+    """Carry a model's policy to a copy of it (an export, a merged upload); None without one."""
+    source = Path(model_dir) / POLICY_FILE
+    if not source.is_file():
+        return None
+    target = Path(out_dir) / POLICY_FILE
+    shutil.copy2(source, target)
+    return target
 
 
 def load_policy(model_dir: Path) -> AbstentionPolicy | None:
