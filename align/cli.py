@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="talk to a model artifact (its chat template, streamed)",
                        description="Chat with the model an artifact holds (adapters merged), "
-                       "through its chat template, tokens streamed as they come. Without "
+                       "through its chat template, tokens streamed as they come (an abstain "
+                       "stage's model: the whole answer, then kept or replaced by its refusal "
+                       "as its abstention policy decides). Without "
                        "--prompt: a multi-turn loop, one user turn per line of input (/clear "
                        "starts over, /exit or end of input stops).")
     p.add_argument("artifact", help="artifact directory, e.g. runs/my/dpo")
