@@ -10,6 +10,7 @@ of them (every variant, every seed, every stage) as the markdown kept in
     python scripts/bench_honesty.py --out runs/b --variants final final_own --seeds 42 43
     python scripts/bench_honesty.py --out runs/b --table > runs/b/table.md
     python scripts/bench_honesty.py --confidence runs/b/final-s42   # the confidence ceiling
+    python scripts/bench_honesty.py --plot runs/b/results.jsonl runs/b/tradeoff.png
 """
 
 from __future__ import annotations
