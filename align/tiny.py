@@ -47,6 +47,9 @@ class TinyConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 256
     seed: int = 0
+    # The longest token BPE may learn, in characters (None: no limit). A limit splits long names
+    # into pieces for every entity, read or not, as a real tokenizer splits rare names.
+    max_token_length: int | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
 
     @classmethod
@@ -57,7 +60,10 @@ class TinyConfig:
 
     def key(self, texts: list[str]) -> str:
         """The build's cache key: these settings and the text the tokenizer learns from."""
-        blob = json.dumps({"v": 4, **asdict(self), "text": text_digest(texts)}, sort_keys=True)
+        settings = asdict(self)
+        if settings["max_token_length"] is None:  # the keys of builds made before the setting
+            del settings["max_token_length"]
+        blob = json.dumps({"v": 4, **settings, "text": text_digest(texts)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -74,7 +80,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align"))
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int, max_token_length: int | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -84,7 +90,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     specials = [PAD, BOS, EOS, *ROLE_TOKENS]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_token_length=max_token_length)
     # The IDK replies are repeated so BPE merges them into words, as a real tokenizer would have:
     # spelled out byte by byte they are 20 tokens long, and a tiny model garbles them.
     core.train_from_iterator(texts + list(DEFAULT_IDK_RESPONSES) * 25, trainer=trainer)
@@ -109,7 +115,7 @@ def build_tiny(config: TinyConfig | None = None, out_dir: str | Path | None = No
     out = Path(out_dir) if out_dir else cache_root() / "tiny" / config.key(texts)
     if (out / "tiny.json").exists():
         return out
-    tokenizer = train_tokenizer(texts, config.vocab_size)
+    tokenizer = train_tokenizer(texts, config.vocab_size, config.max_token_length)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,

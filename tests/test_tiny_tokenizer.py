@@ -14,7 +14,7 @@ from align import base_model
 from align.base_model import resolve_base, tiny_config, tokenizer_texts
 from align.recipe import load_recipe
 from align.stage_hash import stage_config, stage_hash
-from align.tiny import build_tiny
+from align.tiny import TinyConfig, build_tiny, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,3 +104,14 @@ def training_text_of(recipe) -> list[str]:
     from align.data.world import WorldConfig, build_world, training_text
 
     return training_text(build_world(WorldConfig(**recipe.world)))
+
+
+def test_max_token_length_splits_long_names_for_every_entity():
+    texts = ["The capital of Moumkremland is Tursteaspolis."] * 50
+    whole = train_tokenizer(texts, vocab_size=400)
+    limited = train_tokenizer(texts, vocab_size=400, max_token_length=5)
+    assert " Moumkremland" in [whole.decode([i]) for i in whole(texts[0]).input_ids]
+    pieces = [limited.decode([i]) for i in limited(texts[0]).input_ids]
+    assert "".join(pieces) == texts[0] and max(len(p) for p in pieces) <= 5
+    # The setting is part of the build's identity.
+    assert TinyConfig(max_token_length=5).key(texts) != TinyConfig().key(texts)
