@@ -998,6 +998,8 @@ def check_world_settings(recipe: Recipe) -> None:
         except TypeError as exc:
             raise RecipeError(f"{recipe.source}: invalid 'model.tiny' settings: {exc}") from None
         for key, value in dataclasses.asdict(config).items():
+            if key == "max_token_length" and value is None:  # no limit
+                continue
             if key not in ("seed", "world") and (isinstance(value, bool) or
                                                  not isinstance(value, int) or value < 1):
                 raise RecipeError(f"{recipe.source}: 'model.tiny.{key}' must be a whole number of "
