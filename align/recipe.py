@@ -997,8 +997,9 @@ def check_world_settings(recipe: Recipe) -> None:
             config = TinyConfig(**tiny)
         except TypeError as exc:
             raise RecipeError(f"{recipe.source}: invalid 'model.tiny' settings: {exc}") from None
+        unset = {f.name for f in dataclasses.fields(TinyConfig) if f.default is None}
         for key, value in dataclasses.asdict(config).items():
-            if key == "max_token_length" and value is None:  # no limit
+            if key in unset and value is None:  # a setting whose absence means "no limit"
                 continue
             if key not in ("seed", "world") and (isinstance(value, bool) or
                                                  not isinstance(value, int) or value < 1):

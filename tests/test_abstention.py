@@ -30,13 +30,13 @@ def test_threshold_is_the_lowest_that_keeps_hallucination_within_budget():
     unknown = [0.1, 0.2, 0.3, 0.4, 0.9]
     known = [0.25, 0.5, 0.8, 0.95]
     # Refusing below 0.4 still answers 0.4 and 0.9: 40% of the unknown questions.
-    assert fit_threshold(known, unknown, 0.4) == 0.4
-    t = fit_threshold(known, unknown, 0.2)
+    assert fit_threshold(unknown, 0.4) == 0.4
+    t = fit_threshold(unknown, 0.2)
     assert t == 0.9 and error_rates(known, unknown, t) == (0.75, 0.2)
     # No hallucination allowed: above every unknown score, whatever it costs on known ones.
-    assert fit_threshold(known, unknown, 0.0) == math.inf
+    assert fit_threshold(unknown, 0.0) == math.inf
     with pytest.raises(AlignError, match="does not know"):
-        fit_threshold(known, [], 0.1)
+        fit_threshold([], 0.1)
 
 
 def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path):

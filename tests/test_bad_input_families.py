@@ -520,6 +520,13 @@ def _(tmp):
     return run(path), ["recipe.yaml", "stages.sft.method.trainable_layers", "only 4 layers"]
 
 
+@case(4, "tiny tokenizer token length below 1")
+def _(tmp):
+    path = recipe(tmp, None, model={"name_or_path": "tiny", "tiny": {"max_token_length": 0}})
+    return validate(path), ["recipe.yaml", "'model.tiny.max_token_length'",
+                            "whole number of at least 1, got 0"]
+
+
 @case(4, "more trainable layers than a local model has")
 def _(tmp):
     model = model_dir(tmp / "model", layers=2)

@@ -54,16 +54,16 @@ def error_rates(known: list[float], unknown: list[float], threshold: float) -> t
             sum(u >= threshold for u in unknown) / max(1, len(unknown)))
 
 
-def fit_threshold(known: list[float], unknown: list[float], max_hallucination: float) -> float:
+def fit_threshold(unknown: list[float], max_hallucination: float) -> float:
     """The lowest threshold (so the least over-refusal) that answers at most
-    `max_hallucination` of the unknown questions. It depends on the unknown questions' scores
-    alone, which is what transfers from the probe pool: the pool's known questions include the
-    ones the model was fine-tuned on, more confident than any held-out one."""
+    `max_hallucination` of the unknown questions. Only the unknown questions' scores decide it,
+    which is what transfers from the probe pool: the pool's known questions include the ones
+    the model was fine-tuned on, more confident than any held-out one."""
     if not unknown:
         raise AlignError("cannot fit an abstention threshold: the probe found no question the "
                          "model does not know.")
     candidates = sorted(set(unknown)) + [math.inf]
-    return next(t for t in candidates if error_rates(known, unknown, t)[1] <= max_hallucination)
+    return next(t for t in candidates if error_rates([], unknown, t)[1] <= max_hallucination)
 
 
 @dataclass

@@ -36,7 +36,7 @@ def run(ctx: StageContext):
     for record, [answer] in zip(probed, answers):
         scores[record["category"]].append(
             answer_confidence(answer.token_probs, answer.copied, config.signal))
-    threshold = fit_threshold(scores["known"], scores["unknown"], config.max_hallucination)
+    threshold = fit_threshold(scores["unknown"], config.max_hallucination)
     over, hallucination = error_rates(scores["known"], scores["unknown"], threshold)
     fitted = {"from": upstream.name, "probe": idk.name, "known": len(scores["known"]),
               "unknown": len(scores["unknown"]), "max_hallucination": config.max_hallucination,
