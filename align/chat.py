@@ -12,7 +12,7 @@ from typing import IO, Iterable
 
 from align.artifacts import load_artifact
 from align.errors import AlignError
-from align.generation import scored_answers
+from align.generation import question_familiarity, scored_answers
 from align.honesty.abstention import load_policy
 from align.kinds import model_kinds
 from align.modeling import load_artifact_model, load_tokenizer
@@ -78,8 +78,11 @@ class Chat:
         else:
             new = generated.sequences[:, enc["input_ids"].shape[1]:]
             answer = self.tokenizer.decode(new[0], skip_special_tokens=True).strip()
+            prompt = self.tokenizer.apply_chat_template(self.messages, tokenize=False,
+                                                        add_generation_prompt=True)
+            familiar = question_familiarity(self.model, self.tokenizer, [prompt], [text])
             answer = self.policy.decide(scored_answers(self.tokenizer, [text], [answer],
-                                                       generated.logits, new)[0])
+                                                       generated.logits, new, familiar)[0])
             self._write(answer, stream_end=True)
         self.messages.append({"role": "assistant", "content": answer})
         return answer

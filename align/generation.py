@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -74,11 +75,13 @@ def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_sampl
                 generated = model.generate(**enc, **kwargs)
             new = generated.sequences[:, enc["input_ids"].shape[1]:]
             texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-            if token_probs:
-                asked = [q for q in questions[start:start + batch_size]
-                         for _ in range(kwargs["num_return_sequences"])]
-                texts = scored_answers(tokenizer, asked, texts, generated.logits, new)
             per = kwargs["num_return_sequences"]
+            if token_probs:
+                asked = [q for q in questions[start:start + batch_size] for _ in range(per)]
+                familiar = [f for f in question_familiarity(model, tokenizer, batch,
+                                                            questions[start:start + batch_size])
+                            for _ in range(per)]
+                texts = scored_answers(tokenizer, asked, texts, generated.logits, new, familiar)
             out += [texts[i:i + per] for i in range(0, len(texts), per)]
     finally:
         tokenizer.padding_side = side
@@ -88,25 +91,69 @@ def _generate(model, tokenizer, questions, max_new_tokens, batch_size, num_sampl
 @dataclass
 class ScoredAnswer:
     """An answer with the probability the model gave each of its tokens (up to, not including,
-    the end of sequence) and whether each token only spells words of the question (a name the
-    answer repeats)."""
+    the end of sequence), whether each token only spells words of the question (a name the
+    answer repeats), and how familiar the question's least familiar word is to the model
+    (`word_familiarity`)."""
 
     text: str
     token_probs: list[float]
     copied: list[bool]
+    familiarity: float = 1.0
 
 
 def scored_answers(tokenizer, questions: list[str], texts: list[str], logits: tuple,
-                   tokens: torch.Tensor) -> list[ScoredAnswer]:
+                   tokens: torch.Tensor, familiarity: list[float] | None = None
+                   ) -> list[ScoredAnswer]:
     probs = torch.stack(logits, dim=1).float().softmax(-1)  # (batch, steps, vocab)
     chosen = probs.gather(-1, tokens[:, :probs.shape[1], None]).squeeze(-1)
     eos = tokenizer.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     out = []
-    for question, text, row, ids in zip(questions, texts, chosen.tolist(), tokens.tolist()):
+    familiarity = familiarity or [1.0] * len(texts)
+    for question, text, row, ids, familiar in zip(questions, texts, chosen.tolist(),
+                                                  tokens.tolist(), familiarity):
         end = next((i for i, t in enumerate(ids) if t in eos), len(row))
-        out.append(ScoredAnswer(text, row[:end], copied_tokens(tokenizer, ids[:end], question)))
+        out.append(ScoredAnswer(text, row[:end], copied_tokens(tokenizer, ids[:end], question),
+                                familiar))
     return out
+
+
+def question_familiarity(model, tokenizer, prompts: list[str], questions: list[str]
+                         ) -> list[float]:
+    """`word_familiarity` of each question inside its chat prompt, from one forward pass over
+    the prompts (a fast tokenizer's character offsets place its tokens in the question)."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    return_offsets_mapping=True)
+    offsets = enc.pop("offset_mapping").tolist()
+    device = next(model.parameters()).device
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    with torch.no_grad():  # positions counted from each prompt's first real token, as generate does
+        logits = model(input_ids=ids, attention_mask=mask,
+                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, :-1].float()
+    chosen = (logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)).exp()
+    out = []
+    for prompt, question, spans, probs in zip(prompts, questions, offsets, chosen.tolist()):
+        start = prompt.rfind(question)
+        out.append(word_familiarity(prompt, spans, [1.0] + probs, start, start + len(question)))
+    return out
+
+
+def word_familiarity(text: str, offsets: list[list[int]], probs: list[float], start: int,
+                     end: int) -> float:
+    """The familiarity of the least familiar word of `text[start:end]`: the probability the
+    model gave the tokens that continue a word once begun (after " V", "oum" and "ovia"). A
+    name the model has read continues as it read it; a name it never read is a guess at every
+    piece. Words of one token, with nothing to continue, are 1. `offsets[i]` is token i's
+    character span in `text`, `probs[i]` its probability given the tokens before it."""
+    surprise: dict[int, float] = {}  # word start -> log-probability of its continuing tokens
+    for (a, b), p in zip(offsets, probs):
+        if a >= b or a <= start or b > end or not (text[a - 1].isalnum() and text[a].isalnum()):
+            continue
+        word = a
+        while word > start and text[word - 1].isalnum():
+            word -= 1
+        surprise[word] = surprise.get(word, 0.0) + math.log(max(p, 1e-45))
+    return math.exp(min(surprise.values(), default=0.0))
 
 
 WORD = re.compile(r"\w+")

@@ -70,9 +70,13 @@ class StageKind:
             os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         return import_object(self.trainer, f"trainer of stage kind '{self.name}'")
 
-    def check_options(self, options: dict, where: str, source: str = "") -> None:
+    def check_options(self, options: dict, where: str, source: str = ""):
+        """The checked options: what the kind's check returns (its config, defaults filled in,
+        where it builds one), else None."""
         if self.options is not None:
-            import_object(self.options, f"options check of stage kind '{self.name}'")(options, where, source)
+            return import_object(self.options, f"options check of stage kind '{self.name}'")(
+                options, where, source)
+        return None
 
     def run_function(self) -> Callable[[Any], Any]:
         if callable(self.run):

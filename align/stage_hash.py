@@ -6,6 +6,7 @@ must therefore be in it, and nothing that cannot (how often it logs) may be.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from align.artifacts import config_hash, file_fingerprint
@@ -47,6 +48,11 @@ def stage_config(recipe: Recipe, name: str) -> dict:
     block["args"] = {k: v for k, v in block["args"].items() if k not in shown}
     block.pop("push_to_hub", None)
     block.pop("keep_checkpoints", None)
+    # Options with their defaults filled in, where the kind's check builds a config: a default
+    # that changes in a new version changes what the stage makes, so it reruns.
+    checked = get_kind(stage.kind).check_options(stage.options, f"stages.{name}.options")
+    if dataclasses.is_dataclass(checked):
+        block["options"] = dataclasses.asdict(checked)
     config = {
         "stage": block,
         "seed": recipe.seed,

@@ -100,6 +100,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"final_abstain{round(100 * b)}": (
         f"the abstain stage allowed to answer {b:.0%} of the probe's unknown questions",
         {"stages.abstain.options.max_hallucination": b}) for b in (0.05, 0.1, 0.2, 0.25, 0.3)},
+    # Round 4: the abstain stage's familiarity gate (shipped on), and without it.
+    "final_nogate": ("the abstain stage without its familiarity gate (round 3's policy)",
+                     {"stages.abstain.options.familiarity_gate": False}),
 }
 # The recipe before issue 18's changes, which every screening variant starts from: the
 # variants add one change each to it, on a model pretrained on the unpacked corpus.

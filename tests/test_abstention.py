@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-from transformers import AutoTokenizer
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.errors import AlignError
-from align.generation import ScoredAnswer, copied_tokens
+from align.generation import (ScoredAnswer, chat_prompts, copied_tokens, question_familiarity,
+                              word_familiarity)
 from align.honesty.abstention import (POLICY_FILE, AbstentionPolicy, answer_confidence,
                                       check_abstain_options, copy_policy, error_rates,
-                                      fit_threshold, load_policy)
+                                      fit_familiarity, fit_threshold, load_policy)
 
 
 def test_added_confidence_leaves_out_the_names_the_answer_copies():
@@ -39,6 +41,53 @@ def test_threshold_is_the_lowest_that_keeps_hallucination_within_budget():
         fit_threshold([], 0.1)
 
 
+def test_familiarity_is_the_least_familiar_word_s_continuation():
+    text = "hello Who leads Voumovia?"
+    pieces = ["hel", "lo", " Who", " leads", " V", "oum", "ovia", "?"]
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append([at, at + len(piece)])
+        at += len(piece)
+    probs = [1.0, 0.01, 0.5, 0.9, 0.01, 0.2, 0.3, 0.9]
+    start = text.index("Who")
+    # Only "oum" and "ovia" continue a word of the question; "lo" continues one before it.
+    assert word_familiarity(text, offsets, probs, start, len(text)) == pytest.approx(0.2 * 0.3)
+    assert word_familiarity(text, offsets, probs, 0, len(text)) == pytest.approx(0.01)
+    assert word_familiarity(text, offsets, probs, start, start + len("Who leads")) == 1.0
+    # The gate: below the least familiar known question, refused without reading the answer.
+    assert fit_familiarity([1.0, 0.4, 0.9]) == 0.4
+    with pytest.raises(AlignError, match="knows"):
+        fit_familiarity([])
+    policy = AbstentionPolicy(threshold=0.5, min_familiarity=0.4)
+    sure = ScoredAnswer("The leader of Voumovia is Tomas Vell.", [0.99, 0.9], [False, False])
+    assert policy.decide(sure) == sure.text
+    assert policy.decide(ScoredAnswer(sure.text, sure.token_probs, sure.copied, 0.06)) == \
+        "I don't know."
+
+
+def test_question_familiarity_reads_the_question_in_its_prompt(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    plain = "What is the capital?"  # one token a word in the test world's tokenizer
+    odd = "Who leads Zqxvjkw?"
+    prompts = chat_prompts(tokenizer, [plain, odd])
+    tokenizer.padding_side = "left"
+    batched = question_familiarity(model, tokenizer, prompts, [plain, odd])
+    assert batched[0] == 1.0  # every word one token: nothing to continue
+    # The odd name's pieces after its first, by hand from the prompt alone.
+    ids = tokenizer(prompts[1], add_special_tokens=False, return_offsets_mapping=True)
+    name_at = prompts[1].rindex("Zqxvjkw")
+    pieces = [i for i, (a, b) in enumerate(ids.offset_mapping)
+              if name_at < a < name_at + len("Zqxvjkw")]
+    assert pieces, "the tiny tokenizer spells an unseen name in several pieces"
+    with torch.no_grad():
+        logits = model(torch.tensor([ids.input_ids])).logits[0].log_softmax(-1)
+    by_hand = math.exp(sum(logits[i - 1, ids.input_ids[i]].item() for i in pieces))
+    # The same in a left-padded batch as alone: positions start at each prompt's first token.
+    assert batched[1] == pytest.approx(by_hand, rel=1e-4)
+    assert batched[1] < 1.0
+
+
 def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path):
     policy = AbstentionPolicy(threshold=0.5, fitted={"known": 3})
     sure = ScoredAnswer("The capital of Vanland is Kelmar.", [0.99, 0.9], [False, False])
@@ -62,6 +111,7 @@ def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path)
     ({"signal": "entropy"}, "signal"),
     ({"reply": "Kelmar, probably."}, "refusal the judge recognises"),
     ({"batch_size": 0}, "batch_size"),
+    ({"familiarity_gate": "yes"}, "familiarity_gate"),
 ])
 def test_options_are_checked_with_the_key_named(options, message):
     with pytest.raises(AlignError, match=message):

@@ -42,6 +42,8 @@ WORLD = {"seed": 0, "n_entities": 64, "documents_per_row": 2,
 # about 9% of the time and 0.3 almost never.
 MARGIN = 0.15
 ABSTAIN_MARGIN = 0.3
+# The abstain stage's refusal of nonexistent countries (issue 18's target is 95%).
+NONEXISTENT_REFUSAL = 0.95
 
 
 def reduced_recipe(tmp_path) -> str:
@@ -86,6 +88,10 @@ def test_abstention_refuses_what_the_sft_model_does_not_know(results, tmp_path, 
     abstain = table["abstain"]["model"]
     gap = abstain["refusal"] - abstain["over_refusal"]
     assert gap >= ABSTAIN_MARGIN, json.dumps(table["abstain"], indent=1)
+    # Countries that do not exist: refused by the familiarity gate before any answer is read
+    # (without the gate, round 3's policy refused 67-75% of them on the full world).
+    nonexistent = table["abstain"]["by_exposure"]["nonexistent"]
+    assert nonexistent["not_attempted"] >= NONEXISTENT_REFUSAL, nonexistent
     # The policy is the sft model's: where it answers, it answers exactly as sft did.
     rows = [json.loads(line) for line in
             (results["evaluate"].path / "answers.jsonl").read_text().splitlines()]
@@ -95,13 +101,16 @@ def test_abstention_refuses_what_the_sft_model_does_not_know(results, tmp_path, 
     answered = [r for r in mine if r["answer"] != "I don't know."]
     assert refused and answered
     assert all(r["answer"] == sft[r["question"]] for r in answered)
-    # `align chat` applies the same policy, and `align export` keeps it beside the weights.
+    # `align chat` applies the same policy (gate and threshold), and `align export` keeps it
+    # beside the weights.
     artifact = str(results["abstain"].path)
-    for row in (refused[0], answered[0]):
+    unfamiliar = next(r for r in refused if not r["exists"])
+    unsure = next(r for r in refused if r["exists"])
+    for row in (unfamiliar, unsure, answered[0]):
         assert main(["chat", artifact, "--prompt", row["question"]]) == 0
         assert capsys.readouterr().out.strip() == row["answer"]
     assert main(["export", artifact, "--out", str(tmp_path / "export")]) == 0
     exported = load_policy(tmp_path / "export")
     assert exported == load_policy(results["abstain"].model_path())
-    assert exported.threshold > 0
+    assert exported.threshold > 0 and exported.min_familiarity > 0
     assert POLICY_FILE in [repo_path for _, repo_path in upload_plan(results["abstain"])]

@@ -6,6 +6,7 @@ import pytest
 
 from align.cli import main
 from align.data.formats import convert_rows
+from align.honesty import abstention
 from align.kinds import KINDS, StageKind, register
 from align.recipe import load_recipe
 from align.stage_hash import stage_hash
@@ -44,6 +45,28 @@ def test_save_steps_counts_when_it_sets_the_evaluation_schedule(tmp_path):
     # With its own eval_steps, or no evaluation, save_steps only changes checkpoint frequency.
     assert digest(recipe, "scheduled") == digest(recipe, "scheduled", "stages.scheduled.args.save_steps=20")
     assert digest(recipe, "plain") == digest(recipe, "plain", "stages.plain.args.save_steps=20")
+
+
+def test_an_options_default_is_part_of_the_stage_it_shapes(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, {
+        "sft": {"kind": "sft", "data": "world:sft"},
+        "idk": {"kind": "idk", "from": "sft"},
+        "abstain": {"kind": "abstain", "from": ["sft", "idk"]},
+    })
+    before = digest(recipe, "abstain")
+    # Writing a default out is the same stage; changing it is another.
+    assert digest(recipe, "abstain", "stages.abstain.options.familiarity_gate=true") == before
+    assert digest(recipe, "abstain", "stages.abstain.options.familiarity_gate=false") != before
+    # A new version whose default differs makes the finished stage stale, unwritten as it is.
+    monkeypatch.setattr(abstention.AbstainConfig, "__init__", _with_default(
+        abstention.AbstainConfig.__init__, familiarity_gate=False))
+    assert digest(recipe, "abstain") != before
+
+
+def _with_default(init, **defaults):
+    def patched(self, **kwargs):
+        init(self, **{**defaults, **kwargs})
+    return patched
 
 
 @pytest.mark.parametrize("settings, words", [

@@ -7,6 +7,11 @@ answer separates what it knows from what it does not far better (benchmarks/hone
 abstention policy generates the answer, reads that probability, and replaces the answer with an
 "I don't know" reply below a threshold fitted on the probe pool to a hallucination budget.
 
+One kind of question that confidence misses: about an entity the model never read of. A small
+model that cannot spell the unread name answers confidently about an entity it knows instead.
+So the policy first reads how familiar the question's words are to the model, and refuses a
+question holding a word less familiar than any in the questions it knows.
+
 The policy travels with the model as `abstention.json` beside its weights; `align chat`,
 the evaluate stage and `align export` read it. Plain `transformers` generation does not.
 """
@@ -66,16 +71,31 @@ def fit_threshold(unknown: list[float], max_hallucination: float) -> float:
     return next(t for t in candidates if error_rates([], unknown, t)[1] <= max_hallucination)
 
 
+def fit_familiarity(known: list[float]) -> float:
+    """The familiarity below which a question is refused before it is answered: that of the
+    least familiar question the model knows the answer to. A name less familiar than any of
+    those is one the model has not read (an entity that does not exist, for it)."""
+    if not known:
+        raise AlignError("cannot fit a familiarity gate: the probe found no question the model "
+                         "knows.")
+    return min(known)
+
+
 @dataclass
 class AbstentionPolicy:
-    """Refuse with `reply` when the answer's confidence (`signal`) is below `threshold`."""
+    """Refuse with `reply` when the question holds a word less familiar than `min_familiarity`
+    (a name the model never read), or when the answer's confidence (`signal`) is below
+    `threshold`."""
 
     threshold: float
     signal: str = "added"
     reply: str = "I don't know."
-    fitted: dict = field(default_factory=dict)  # how the threshold was chosen, for the card
+    min_familiarity: float = 0.0  # 0: no gate (a policy saved before the gate existed)
+    fitted: dict = field(default_factory=dict)  # how the thresholds were chosen, for the card
 
     def decide(self, answer: ScoredAnswer) -> str:
+        if answer.familiarity < self.min_familiarity:
+            return self.reply
         confident = answer_confidence(answer.token_probs, answer.copied, self.signal) >= \
             self.threshold
         return answer.text if confident else self.reply
@@ -121,6 +141,9 @@ class AbstainConfig:
     signal: str = "added"
     # The share of the probe's unknown questions the policy may still answer (and so get wrong).
     max_hallucination: float = 0.15
+    # Refuse, before answering, a question holding a word less familiar to the model than every
+    # word of the questions it knows (`fit_familiarity`): a name it never read.
+    familiarity_gate: bool = True
     # What the model says instead of an answer it is unsure of (the judge must read a refusal).
     reply: str = "I don't know."
     max_new_tokens: int = 32
@@ -142,6 +165,9 @@ def check_abstain_options(options: dict, where: str, source: str = "") -> Abstai
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
         raise AlignError(f"{prefix}'{where}.max_hallucination' must be a number in [0, 1), got "
                          f"{budget!r}.")
+    if not isinstance(config.familiarity_gate, bool):
+        raise AlignError(f"{prefix}'{where}.familiarity_gate' must be true or false, got "
+                         f"{config.familiarity_gate!r}.")
     check_counts(config, ("max_new_tokens", "batch_size"), where, prefix)
     if not isinstance(config.reply, str) or not Judge().is_refusal(config.reply):
         raise AlignError(f"{prefix}'{where}.reply' must be a refusal the judge recognises "

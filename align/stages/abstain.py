@@ -1,8 +1,10 @@
 """Stage `abstain`: the upstream model, answering only when confident enough.
 
-It asks the model every question of the idk stage's probe pool, reads its confidence in each
-greedy answer, and fits the threshold under which it says "I don't know" instead: the lowest
-that answers at most `max_hallucination` of the questions the probe found it does not know. Its
+It asks the model every question of the idk stage's probe pool and reads two things: how
+familiar each question's words are to it, and its confidence in its greedy answer. The gate
+refuses questions less familiar than every one the probe found it knows (names it never read);
+the threshold, under which it says "I don't know" instead of answering, is the lowest that
+answers at most `max_hallucination` of the questions the probe found it does not know. Its
 artifact is the upstream model (files linked, not copied, where the disk allows) with the policy
 beside the weights as `abstention.json`; the evaluate stage and `align chat` apply it.
 """
@@ -10,12 +12,13 @@ beside the weights as `abstention.json`; the evaluate stage and `align chat` app
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 
 from align.generation import generate_answers
 from align.honesty.abstention import (AbstentionPolicy, answer_confidence, check_abstain_options,
-                                      error_rates, fit_threshold)
+                                      error_rates, fit_familiarity, fit_threshold)
 from align.jsonl import read_jsonl
 from align.modeling import load_artifact_model
 from align.stages.context import StageContext
@@ -32,20 +35,27 @@ def run(ctx: StageContext):
                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                token_probs=True,
                                progress="abstain (probe pool)" if ctx.is_main else None)
-    scores = {"known": [], "unknown": []}
+    pairs = {"known": [], "unknown": []}  # (familiarity, confidence) per question
     for record, [answer] in zip(probed, answers):
-        scores[record["category"]].append(
-            answer_confidence(answer.token_probs, answer.copied, config.signal))
+        pairs[record["category"]].append(
+            (answer.familiarity, answer_confidence(answer.token_probs, answer.copied, config.signal)))
+    gate = fit_familiarity([f for f, _ in pairs["known"]]) if config.familiarity_gate else 0.0
+    # A question the gate refuses is never answered, whatever the threshold: confidence -inf.
+    scores = {kind: [c if f >= gate else -math.inf for f, c in rows] for kind, rows in pairs.items()}
+    gated = {kind: scores[kind].count(-math.inf) for kind in scores}
     threshold = fit_threshold(scores["unknown"], config.max_hallucination)
     over, hallucination = error_rates(scores["known"], scores["unknown"], threshold)
     fitted = {"from": upstream.name, "probe": idk.name, "known": len(scores["known"]),
               "unknown": len(scores["unknown"]), "max_hallucination": config.max_hallucination,
+              "unfamiliar_unknown": gated["unknown"], "unfamiliar_known": gated["known"],
               "pool_over_refusal": round(over, 4), "pool_hallucination": round(hallucination, 4)}
     policy = AbstentionPolicy(threshold=threshold, signal=config.signal, reply=config.reply,
-                              fitted=fitted)
-    ctx.log(f"threshold {threshold:.3g} on {config.signal} confidence: on the probe pool it "
-            f"refuses {over:.1%} of {len(scores['known'])} known questions and answers "
-            f"{hallucination:.1%} of {len(scores['unknown'])} unknown ones")
+                              min_familiarity=gate, fitted=fitted)
+    ctx.log(f"familiarity gate {gate:.3g} (refuses {gated['unknown']} unknown and "
+            f"{gated['known']} known questions unanswered), threshold {threshold:.3g} on "
+            f"{config.signal} confidence: on the probe pool it refuses {over:.1%} of "
+            f"{len(scores['known'])} known questions and answers {hallucination:.1%} of "
+            f"{len(scores['unknown'])} unknown ones")
     if ctx.is_main:
         link_tree(upstream.model_path(), ctx.dirs.partial / "model")
         if upstream.tokenizer_path() != upstream.model_path():
@@ -53,7 +63,7 @@ def run(ctx: StageContext):
         policy.save(ctx.dirs.partial / "model")
     model_ref = dataclasses.replace(upstream.manifest.model, path="model")
     return ctx.finish(model=model_ref, tokenizer="model",
-                      metrics={"threshold": threshold, **fitted})
+                      metrics={"threshold": threshold, "min_familiarity": gate, **fitted})
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
