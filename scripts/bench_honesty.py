@@ -10,7 +10,7 @@ of them (every variant, every seed, every stage) as the markdown kept in
     python scripts/bench_honesty.py --out runs/b --variants final final_own --seeds 42 43
     python scripts/bench_honesty.py --out runs/b --table > runs/b/table.md
     python scripts/bench_honesty.py --confidence runs/b/final-s42   # the confidence ceiling
-    python scripts/bench_honesty.py --plot runs/b/results.jsonl runs/b/tradeoff.png
+    python scripts/bench_honesty.py --plot round3.jsonl round4.jsonl runs/b/tradeoff.png
 """
 
 from __future__ import annotations
@@ -247,10 +247,11 @@ def render(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_tradeoff(results: list[dict], path: Path) -> Path:
+def plot_tradeoff(rounds: dict[str, list[dict]], path: Path) -> Path:
     """Over-refusal on known against hallucination on unknown facts (the sft model's labels):
-    the abstain stage's budgets as one line per seed, every trained stage of the `final`
-    variant as a point. Down and to the left is better; the grey box is issue 18's targets."""
+    the abstain stage's budgets as one line per results file (a round) and seed, every trained
+    stage of the last file's `final` variant as a point. Down and to the left is better; the
+    grey box is issue 18's targets."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -262,28 +263,35 @@ def plot_tradeoff(results: list[dict], path: Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     ax.add_patch(Rectangle((0, 0), 10, 15, color="0.9", zorder=0, label="issue 18's targets"))
     markers = dict(zip((42, 43, 44), "os^"))
-    for seed in sorted({r["seed"] for r in results}):
-        curve = []
-        for r in results:
-            if r["seed"] != seed or "abstain" not in r["stages"]:
-                continue
-            h = headline(r["stages"]["abstain"])
-            budget = r["settings"].get("stages.abstain.options.max_hallucination", 0.15)
-            curve.append((budget, 100 * h["over_refusal_known"], 100 * h["hallucination_unknown"]))
-        curve.sort()
-        ax.plot([c[1] for c in curve], [c[2] for c in curve], "-", marker=markers.get(seed, "o"),
-                color="C0", label=f"abstain, budget 5-30% (seed {seed})")
-        for budget, x, y in curve:
-            ax.annotate(f"{budget:.2f}", (x, y), textcoords="offset points", xytext=(4, 2),
-                        fontsize=7, color="C0")
-        final = next((r for r in results if r["seed"] == seed and r["variant"] == "final"), None)
+    for color, (name, results) in enumerate(rounds.items()):
+        for seed in sorted({r["seed"] for r in results}):
+            curve = []
+            for r in results:
+                gate = r["settings"].get("stages.abstain.options.familiarity_gate", True)
+                if r["seed"] != seed or "abstain" not in r["stages"] or gate is False:
+                    continue
+                h = headline(r["stages"]["abstain"])
+                budget = r["settings"].get("stages.abstain.options.max_hallucination", 0.15)
+                curve.append((budget, 100 * h["over_refusal_known"],
+                               100 * h["hallucination_unknown"]))
+            curve.sort()
+            ax.plot([c[1] for c in curve], [c[2] for c in curve], "-",
+                    marker=markers.get(seed, "o"), color=f"C{color}",
+                    label=f"abstain, {name}, budget 5-30% (seed {seed})")
+            for budget, x, y in curve:
+                ax.annotate(f"{budget:.2f}", (x, y), textcoords="offset points", xytext=(4, 2),
+                            fontsize=7, color=f"C{color}")
+    last = list(rounds.values())[-1]
+    first_seed = min(r["seed"] for r in last)
+    for seed in sorted({r["seed"] for r in last}):
+        final = next((r for r in last if r["seed"] == seed and r["variant"] == "final"), None)
         for i, (stage, m) in enumerate((final or {"stages": {}})["stages"].items()):
             if stage in ("sft", "abstain"):
                 continue
             h = headline(m)
             ax.scatter([100 * h["over_refusal_known"]], [100 * h["hallucination_unknown"]],
-                       marker=markers.get(seed, "o"), color=f"C{i + 1}",
-                       label=stage if seed == min(r["seed"] for r in results) else None)
+                       marker=markers.get(seed, "o"), color=f"C{len(rounds) + i}",
+                       label=stage if seed == first_seed else None)
     ax.set_xlim(0, 70)
     ax.set_ylim(0, 40)
     ax.set_xlabel("over-refusal: facts the sft model knows, refused (%)")
@@ -388,8 +396,9 @@ def main() -> None:
                              "benchmarks/honesty-results/vocab2048.jsonl) as markdown")
     parser.add_argument("--confidence", type=Path, metavar="RUN_DIR",
                         help="AUROC of the sft model's value-token confidence in a finished run")
-    parser.add_argument("--plot", nargs=2, type=Path, metavar=("RESULTS", "PNG"),
-                        help="draw the over-refusal / hallucination trade-off of a results file")
+    parser.add_argument("--plot", nargs="+", type=Path, metavar="RESULTS... PNG",
+                        help="draw the over-refusal / hallucination trade-off of results files "
+                        "(one line per file and seed), then the PNG to write")
     parser.add_argument("--all-stages", action="store_true", help="every stage, not " + str(SCREEN))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -404,8 +413,12 @@ def main() -> None:
     if args.confidence:
         print(json.dumps(value_confidence(args.confidence), indent=1))
     if args.plot:
-        results = [json.loads(line) for line in args.plot[0].read_text().splitlines()]
-        print(plot_tradeoff(results, args.plot[1]))
+        if len(args.plot) < 2:
+            parser.error("--plot takes one or more results files, then the PNG to write")
+        *sources, png = args.plot
+        rounds = {source.stem: [json.loads(line) for line in source.read_text().splitlines()]
+                  for source in sources}
+        print(plot_tradeoff(rounds, png))
     if args.table:
         source = args.out / "results.jsonl" if args.table is True else args.table
         lines = source.read_text().splitlines()
