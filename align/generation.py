@@ -121,7 +121,10 @@ def scored_answers(tokenizer, questions: list[str], texts: list[str], logits: tu
 def question_familiarity(model, tokenizer, prompts: list[str], questions: list[str]
                          ) -> list[float]:
     """`word_familiarity` of each question inside its chat prompt, from one forward pass over
-    the prompts (a fast tokenizer's character offsets place its tokens in the question)."""
+    the prompts (a fast tokenizer's character offsets place its tokens in the question). A
+    tokenizer without offsets (not `is_fast`) reads as fully familiar: no gate can be fitted."""
+    if not getattr(tokenizer, "is_fast", False):
+        return [1.0] * len(prompts)
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                     return_offsets_mapping=True)
     offsets = enc.pop("offset_mapping").tolist()

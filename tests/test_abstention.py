@@ -86,6 +86,9 @@ def test_question_familiarity_reads_the_question_in_its_prompt(tiny_model):
     # The same in a left-padded batch as alone: positions start at each prompt's first token.
     assert batched[1] == pytest.approx(by_hand, rel=1e-4)
     assert batched[1] < 1.0
+    # A tokenizer without character offsets cannot place the question: fully familiar, no gate.
+    tokenizer_without_offsets = type("PythonTokenizer", (), {"is_fast": False})()
+    assert question_familiarity(model, tokenizer_without_offsets, prompts, [plain, odd]) == [1.0, 1.0]
 
 
 def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path):

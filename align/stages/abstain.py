@@ -39,7 +39,12 @@ def run(ctx: StageContext):
     for record, [answer] in zip(probed, answers):
         pairs[record["category"]].append(
             (answer.familiarity, answer_confidence(answer.token_probs, answer.copied, config.signal)))
-    gate = fit_familiarity([f for f, _ in pairs["known"]]) if config.familiarity_gate else 0.0
+    gate = 0.0
+    if config.familiarity_gate and not getattr(tokenizer, "is_fast", False):
+        ctx.log("familiarity gate off: the tokenizer is not a fast one, so its tokens cannot be "
+                "placed in the question (set familiarity_gate: false to silence this)")
+    elif config.familiarity_gate:
+        gate = fit_familiarity([f for f, _ in pairs["known"]])
     # A question the gate refuses is never answered, whatever the threshold: confidence -inf.
     scores = {kind: [c if f >= gate else -math.inf for f, c in rows] for kind, rows in pairs.items()}
     gated = {kind: scores[kind].count(-math.inf) for kind in scores}
