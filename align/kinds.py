@@ -159,7 +159,8 @@ register(StageKind(
     trainer="trl.experimental.orpo:ORPOTrainer"))
 register(StageKind(
     name="abstain", run="align.stages.abstain:run",
-    card="abstention (answers only above a confidence threshold fitted on the honesty probe)",
+    card="abstention (refuses questions about names it never read, and answers only above a "
+         "confidence threshold fitted on the honesty probe)",
     data=None, needs_from=True, methods=(), needs_kinds=("idk",),
     options="align.honesty.abstention:check_abstain_options"))
 register(StageKind(
