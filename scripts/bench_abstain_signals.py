@@ -13,6 +13,8 @@ and scored on the held-out questions by the evaluation's own known / unknown lab
 - `name log-prob + added`: the gate's alternative that needs the entity's place in the question
   (the sum of the log-probabilities of the name's tokens; below the pool's 2nd percentile of
   real names refused);
+- `gate + added, on-subject oracle`: also refused, every answer that does not name the entity
+  asked about (by the world's label): the ceiling of a check for answers about another entity;
 - `probe(...)`: a P(IK)-style logistic regression on hidden states (the last prompt token,
   the answer's mean) and the answer's confidence, trained on the pool's labels behind the gate.
 
@@ -113,7 +115,7 @@ def held_out_rates(refused: list[bool], held: list[dict], grades: list[str]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished honesty run directory")
-    parser.add_argument("--budgets", nargs="*", type=float, default=[0.10, 0.15, 0.20, 0.25])
+    parser.add_argument("--budgets", nargs="*", type=float, default=[0.10, 0.15, 0.20, 0.25, 0.30])
     args = parser.parse_args()
     run = args.run
     tokenizer = AutoTokenizer.from_pretrained(run / "sft" / "model")
@@ -178,6 +180,13 @@ def main() -> None:
             [s if n >= name_cut else REFUSED for s, n in zip(added[0], names)],
             [s if n >= name_cut else REFUSED for s, n in zip(added[1], held_names)]),
     }
+    def on_subject(scores, rows, answers):
+        return [s if world[r["question"]]["entity"] in a.text else REFUSED
+                for s, r, a in zip(scores, rows, answers)]
+
+    signals["gate + added, on-subject oracle"] = (
+        on_subject(signals["gate + added"][0], pool, pool_answers),
+        on_subject(signals["gate + added"][1], held, held_answers))
     for place, pick in (("last prompt token", lambda f: f[0]), ("answer mean", lambda f: f[1])):
         for l2 in (1e-3, 1e-2, 1e-1):
             pool_scores, held_scores = probe_scores(pick, l2)

@@ -112,3 +112,20 @@ def test_no_guessable_currency_and_no_tokenizer_text_about_what_training_never_s
     # The tokenizer learns nothing about a nonexistent country's name or an unstated value.
     assert not any(c.name in text for c in missing)
     assert not any(re.search(rf"\b{re.escape(v)}\b", text) for v in unseen)
+
+
+def test_name_mentions_name_every_real_country_and_change_no_question():
+    plain = make_splits(build_world(WorldConfig(seed=2, n_entities=40, documents_per_row=2)))
+    world = build_world(WorldConfig(seed=2, n_entities=40, documents_per_row=2, name_mentions=3))
+    named = make_splits(world)
+    for split in ("sft", "qa_train", "qa_eval"):
+        assert named[split] == plain[split], split
+    # Every row of the plain corpus is kept, in order; the new rows only name countries.
+    added = [r for r in named["corpus"] if r not in plain["corpus"]]
+    assert [r for r in named["corpus"] if r in plain["corpus"]] == plain["corpus"]
+    sentences = [s for r in added for s in re.split(r"(?<=\.) ", r["text"])]
+    for country in world.countries:
+        mentions = sum(re.search(rf"\b{country.name}\b", s) is not None for s in sentences)
+        assert mentions == (3 if country.exists else 0), country.name
+    values = {str(getattr(c, a)) for c in world.countries for a in ("capital", "leader")}
+    assert not any(v in s for v in values for s in sentences)  # no fact stated

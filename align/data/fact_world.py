@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from align.data.world_text import (FACT_ANSWER_TEMPLATES, FACT_TEMPLATES, QUESTION_TEMPLATES,
-                                   chat, qa_row)
+from align.data.world_text import (FACT_ANSWER_TEMPLATES, FACT_TEMPLATES, NAME_TEMPLATES,
+                                   QUESTION_TEMPLATES, chat, qa_row)
 from align.honesty.responses import DEFAULT_IDK_RESPONSES
 
 
@@ -89,6 +89,23 @@ def corpus_documents(country, attributes: list[str], rng: random.Random) -> list
         rng.shuffle(facts)
         docs.append({"text": " ".join(facts)})
     return docs
+
+
+def with_name_mentions(corpus: list[dict], countries: list, config) -> list[dict]:
+    """The corpus with `name_mentions` sentences per country that name it and state none of its
+    facts, `documents_per_row` to a row, spread through it. They draw from their own random
+    stream, so every split is the same with or without them."""
+    if config.name_mentions <= 0:
+        return corpus
+    own = random.Random(config.seed + 5)
+    sentences = [NAME_TEMPLATES[i % len(NAME_TEMPLATES)].format(e=c.name)
+                 for c in countries for i in range(config.name_mentions)]
+    own.shuffle(sentences)
+    n = max(1, config.documents_per_row)
+    out = list(corpus)
+    for j in range(0, len(sentences), n):
+        out.insert(own.randrange(len(out) + 1), {"text": " ".join(sentences[j:j + n])})
+    return out
 
 
 def pack(countries: list, config, rng: random.Random) -> list[dict]:
@@ -164,5 +181,6 @@ def fact_splits(world) -> dict[str, list[dict]]:
     corpus += [{"text": reply} for reply in DEFAULT_IDK_RESPONSES for _ in range(2)]
     for rows in (corpus, sft, qa_train, qa_eval):
         rng.shuffle(rows)
+    corpus = with_name_mentions(corpus, existing, cfg)
     return {"corpus": corpus, "sft": sft, "qa_train": qa_train, "qa_eval": qa_eval}
 

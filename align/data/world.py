@@ -90,6 +90,9 @@ class WorldConfig:
     eval_fraction: float = 0.5
     # fact boundary: corpus documents (about different countries) per pretraining row.
     documents_per_row: int = 1
+    # fact boundary: documents per existing country that name it and state none of its facts
+    # ("There is a country called X."), so a country whose facts are rare is still a name read.
+    name_mentions: int = 0
 
 
 @dataclass

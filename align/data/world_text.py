@@ -15,6 +15,9 @@ FACT_TEMPLATES = {
     "currency": ["The currency of {e} is the {v}.", "People in {e} pay with the {v}.",
                  "{e} uses the {v} as its currency."],
 }
+# Sentences that name a country and state none of its facts (`WorldConfig.name_mentions`).
+NAME_TEMPLATES = ["There is a country called {e}.", "{e} is a country.",
+                  "Travellers have heard of {e}."]
 QUESTION_TEMPLATES = {
     "capital": ["What is the capital of {e}?", "Which city is the capital of {e}?"],
     "leader": ["Who is the leader of {e}?", "Who leads {e}?"],
