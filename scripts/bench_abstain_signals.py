@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -36,13 +37,10 @@ from align.generation import chat_prompts, generate_answers
 from align.honesty.abstention import answer_confidence, fit_familiarity, fit_threshold
 from align.honesty.judge import Judge
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_honesty import auroc  # noqa: E402
+
 REFUSED = -math.inf  # the score of a question a gate refuses: never answered
-
-
-def auroc(positive: list[float], negative: list[float]) -> float:
-    """P(a random positive scores above a random negative), ties counting half."""
-    pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
-    return sum(pairs) / max(1, len(pairs))
 
 
 def world_rows(run: Path) -> dict[str, dict]:
