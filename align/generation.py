@@ -122,7 +122,8 @@ def question_familiarity(model, tokenizer, prompts: list[str], questions: list[s
                          ) -> list[float]:
     """`word_familiarity` of each question inside its chat prompt, from one forward pass over
     the prompts (a fast tokenizer's character offsets place its tokens in the question). A
-    tokenizer without offsets (not `is_fast`) reads as fully familiar: no gate can be fitted."""
+    tokenizer without offsets (not `is_fast`), or a template that rewrote the question so it is
+    not found in its prompt, reads as fully familiar: there is no word to place."""
     if not getattr(tokenizer, "is_fast", False):
         return [1.0] * len(prompts)
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
@@ -136,8 +137,10 @@ def question_familiarity(model, tokenizer, prompts: list[str], questions: list[s
     chosen = (logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)).exp()
     out = []
     for prompt, question, spans, probs in zip(prompts, questions, offsets, chosen.tolist()):
+        question = question.strip()  # what a template that trims its messages keeps
         start = prompt.rfind(question)
-        out.append(word_familiarity(prompt, spans, [1.0] + probs, start, start + len(question)))
+        out.append(1.0 if start < 0 or not question else
+                   word_familiarity(prompt, spans, [1.0] + probs, start, start + len(question)))
     return out
 
 

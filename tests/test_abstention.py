@@ -86,6 +86,11 @@ def test_question_familiarity_reads_the_question_in_its_prompt(tiny_model):
     # The same in a left-padded batch as alone: positions start at each prompt's first token.
     assert batched[1] == pytest.approx(by_hand, rel=1e-4)
     assert batched[1] < 1.0
+    # Surrounding whitespace a template may trim does not lose the question; a question its
+    # prompt does not hold has no word to place, so it is not read from the template's words.
+    assert question_familiarity(model, tokenizer, prompts[1:], [f" {odd}\n"]) == \
+        pytest.approx([by_hand], rel=1e-4)
+    assert question_familiarity(model, tokenizer, prompts[1:], ["Who leads Qwzx?"]) == [1.0]
     # A tokenizer without character offsets cannot place the question: fully familiar, no gate.
     tokenizer_without_offsets = type("PythonTokenizer", (), {"is_fast": False})()
     assert question_familiarity(model, tokenizer_without_offsets, prompts, [plain, odd]) == [1.0, 1.0]
