@@ -21,9 +21,10 @@ install: $(BIN)/align
 demo: install
 	$(BIN)/align run
 
-# The whole suite (what CI runs, .ci/run).
+# The whole suite (what CI runs, .ci/run), on every core (TEST_WORKERS=0: in this process).
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # Everything that trains no model: under a minute.
 test-fast: install

@@ -16,7 +16,12 @@ and scored on the held-out questions by the evaluation's own known / unknown lab
 - `gate + added, on-subject oracle`: also refused, every answer that does not name the entity
   asked about (by the world's label): the ceiling of a check for answers about another entity;
 - `probe(...)`: a P(IK)-style logistic regression on hidden states (the last prompt token,
-  the answer's mean) and the answer's confidence, trained on the pool's labels behind the gate.
+  the answer's mean) and the answer's confidence, trained on the pool's labels behind the gate;
+- round 5, behind the gate: `min_token` (the answer's least probable token), the geometric
+  mean of the added tokens (a confidence that long answers do not lower), and `subject PMI`:
+  how much the answer depends on the entity asked about, log P(answer | question) less
+  log P(answer | the question about another country), the least of 3 other countries, added
+  to the log of `added` with a weight and a cap.
 
     python scripts/bench_abstain_signals.py runs/tiny-honesty
     python scripts/bench_abstain_signals.py runs/bench-r4/final-s43 --budgets 0.1 0.15 0.2
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -75,6 +81,47 @@ def hidden_features(model, tokenizer, question: str, answer: str) -> tuple[torch
     last = torch.cat([h[0, at - 1] for h in states])
     mean = torch.cat([h[0, at:].mean(0) if answer_ids else h[0, -1] for h in states])
     return last, mean
+
+
+def answer_logprob(model, tokenizer, questions: list[str], answers: list[str],
+                   batch_size: int = 64) -> list[float]:
+    """log P(answer, then end of sequence | the question's chat prompt), teacher-forced."""
+    out, eos = [], tokenizer.eos_token_id
+    for i in range(0, len(questions), batch_size):
+        prompts = chat_prompts(tokenizer, questions[i:i + batch_size])
+        pairs = [(tokenizer(p, add_special_tokens=False).input_ids,
+                  tokenizer(a, add_special_tokens=False).input_ids + [eos])
+                 for p, a in zip(prompts, answers[i:i + batch_size])]
+        width = max(len(p) + len(a) for p, a in pairs)
+        ids = torch.full((len(pairs), width), tokenizer.pad_token_id or 0)
+        mask = torch.zeros_like(ids)
+        for row, (p, a) in enumerate(pairs):  # left-padded, as generation pads
+            ids[row, width - len(p) - len(a):] = torch.tensor(p + a)
+            mask[row, width - len(p) - len(a):] = 1
+        with torch.no_grad():
+            logp = model(input_ids=ids, attention_mask=mask,
+                         position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float().log_softmax(-1)
+        for row, (_, a) in enumerate(pairs):
+            span = logp[row, width - len(a) - 1:width - 1]
+            out.append(span.gather(-1, ids[row, width - len(a):, None]).sum().item())
+    return out
+
+
+def subject_pmi(model, tokenizer, rows: list[dict], answers, world: dict, others: int = 3,
+                seed: int = 0) -> list[float]:
+    """log P(answer | question) less the largest log P(answer | the question about another real
+    country): near 0 when the answer does not depend on whom the question asks about."""
+    rng = random.Random(seed)
+    countries = sorted({r["entity"] for r in world.values() if r.get("exists", True)})
+    questions, texts = [r["question"] for r in rows], [a.text for a in answers]
+    base = answer_logprob(model, tokenizer, questions, texts)
+    swapped = []
+    for _ in range(others):
+        asked = [q.replace(world[q]["entity"],
+                           rng.choice([c for c in countries if c != world[q]["entity"]]))
+                 for q in questions]
+        swapped.append(answer_logprob(model, tokenizer, asked, texts))
+    return [b - max(s[i] for s in swapped) for i, b in enumerate(base)]
 
 
 def logistic_regression(x: torch.Tensor, y: torch.Tensor, l2: float):
@@ -185,6 +232,26 @@ def main() -> None:
     signals["gate + added, on-subject oracle"] = (
         on_subject(signals["gate + added"][0], pool, pool_answers),
         on_subject(signals["gate + added"][1], held, held_answers))
+    min_token = [[answer_confidence(a.token_probs, a.copied, "min_token") for a in answers]
+                 for answers in (pool_answers, held_answers)]
+    signals["gate + min_token"] = (gated(min_token[0], pool_answers), gated(min_token[1], held_answers))
+
+    def geometric_added(a):
+        added_probs = [p for p, c in zip(a.token_probs, a.copied) if not c]
+        return math.exp(sum(math.log(max(p, 1e-45)) for p in added_probs) / len(added_probs)) \
+            if added_probs else 0.0
+
+    geometric = [[geometric_added(a) for a in answers] for answers in (pool_answers, held_answers)]
+    signals["gate + geometric mean of added"] = (gated(geometric[0], pool_answers),
+                                                 gated(geometric[1], held_answers))
+    pmi = (subject_pmi(model, tokenizer, pool, pool_answers, world),
+           subject_pmi(model, tokenizer, held, held_answers, world))
+    signals["gate + subject PMI alone"] = (gated(pmi[0], pool_answers), gated(pmi[1], held_answers))
+    for weight, cap in ((0.05, 20.0), (0.1, 5.0), (0.1, 20.0), (0.2, 5.0)):
+        mixed = [[math.log(max(c, 1e-30)) + weight * min(p, cap) for c, p in zip(conf, pmis)]
+                 for conf, pmis in zip(added, pmi)]
+        signals[f"gate + log added + {weight:g} min(subject PMI, {cap:g})"] = (
+            gated(mixed[0], pool_answers), gated(mixed[1], held_answers))
     for place, pick in (("last prompt token", lambda f: f[0]), ("answer mean", lambda f: f[1])):
         for l2 in (1e-3, 1e-2, 1e-1):
             pool_scores, held_scores = probe_scores(pick, l2)

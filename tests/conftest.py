@@ -29,6 +29,22 @@ from fake_hub import FakeHub, dead_endpoint  # noqa: E402
 _hf_logging.get_logger("transformers")
 
 
+# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup): one torch thread per
+# worker. Each worker builds the fixtures its tests use, so the tests of a module stay together
+# (its module fixtures are built once), and so do all the users of the shared preference run;
+# a test that sets its own group (two processes on cpu-ddp's fixed port) keeps it.
+SHARED_RUNS = ("preference_run",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     import torch
