@@ -24,7 +24,7 @@ demo: install
 # The whole suite (what CI runs, .ci/run), on every core (TEST_WORKERS=0: in this process).
 TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Everything that trains no model: under a minute.
 test-fast: install

@@ -21,7 +21,8 @@ and scored on the held-out questions by the evaluation's own known / unknown lab
   mean of the added tokens (a confidence that long answers do not lower), and `subject PMI`:
   how much the answer depends on the entity asked about, log P(answer | question) less
   log P(answer | the question about another country), the least of 3 other countries, added
-  to the log of `added` with a weight and a cap.
+  to the log of `added` with a weight and a cap, or as a second gate at the least subject PMI
+  of a known pool question.
 
     python scripts/bench_abstain_signals.py runs/tiny-honesty
     python scripts/bench_abstain_signals.py runs/bench-r4/final-s43 --budgets 0.1 0.15 0.2
@@ -247,6 +248,17 @@ def main() -> None:
     pmi = (subject_pmi(model, tokenizer, pool, pool_answers, world),
            subject_pmi(model, tokenizer, held, held_answers, world))
     signals["gate + subject PMI alone"] = (gated(pmi[0], pool_answers), gated(pmi[1], held_answers))
+    # As a second gate, at the least subject PMI of a known pool question (fit_familiarity's rule).
+    pmi_cut = fit_familiarity([p for p, a, r in zip(pmi[0], pool_answers, pool)
+                               if r["category"] == "known" and a.familiarity >= gate])
+    signals["gate + subject-PMI gate + added"] = tuple(
+        [s if p >= pmi_cut else REFUSED for s, p in zip(scores, pmis)]
+        for scores, pmis in zip(signals["gate + added"], pmi))
+    off_subject = [p for p, h, a in zip(pmi[1], held, held_answers)
+                   if h["exists"] and world[h["question"]]["entity"] not in a.text]
+    print(f"Subject PMI: the pool's least for a known question {pmi_cut:.2f} nats; "
+          f"{sum(p < pmi_cut for p in off_subject)} of {len(off_subject)} held-out answers about "
+          f"another real country are below it.\n")
     for weight, cap in ((0.05, 20.0), (0.1, 5.0), (0.1, 20.0), (0.2, 5.0)):
         mixed = [[math.log(max(c, 1e-30)) + weight * min(p, cap) for c, p in zip(conf, pmis)]
                  for conf, pmis in zip(added, pmi)]

@@ -29,20 +29,28 @@ from fake_hub import FakeHub, dead_endpoint  # noqa: E402
 _hf_logging.get_logger("transformers")
 
 
-# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup): one torch thread per
-# worker. Each worker builds the fixtures its tests use, so the tests of a module stay together
-# (its module fixtures are built once), and so do all the users of the shared preference run;
-# a test that sets its own group (two processes on cpu-ddp's fixed port) keeps it.
-SHARED_RUNS = ("preference_run",)
+# `make test` runs the suite on every core (pytest-xdist, `--dist loadfile`: a module's tests on
+# one worker, so its module fixtures are built once), one torch thread per worker. These modules
+# must also share a worker: the users of the preference run (trained once per worker, in one run
+# directory they all extend), and the two recipes on cpu-ddp's fixed port.
+SHARED_WORKER = {"test_handoff.py": "preference_run", "test_preference.py": "preference_run",
+                 "test_rm.py": "preference_run", "test_distributed.py": "cpu_ddp",
+                 "test_rl.py": "cpu_ddp"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+
+    from xdist.scheduler import LoadScopeScheduling  # only imported under pytest-xdist
+
+    class SharedWorkerScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::")[0]
+            return SHARED_WORKER.get(Path(module).name, module)
+
+    return SharedWorkerScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

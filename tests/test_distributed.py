@@ -18,8 +18,7 @@ import pytest
 
 from conftest import write_recipe
 
-# Trains on two processes; cpu-ddp's fixed port takes one such run at a time (see conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cpu_ddp")]
+pytestmark = pytest.mark.slow  # trains on two processes
 
 FAST = {"per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 2,
         "disable_tqdm": True}

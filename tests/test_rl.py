@@ -255,7 +255,6 @@ def distinct_letters(prompts, completions, **columns):
 """
 
 
-@pytest.mark.xdist_group("cpu_ddp")  # cpu-ddp's fixed port: one such run at a time
 def test_grpo_on_two_processes_ends_with_identical_replicas(tmp_path, tiny_model):
     """Two processes (cpu-ddp), GRPO from the recipe's base model (no `from`): one manifest,
     identical replicas, agreeing ranks, the reward source's mean logged once per step."""
