@@ -32,7 +32,8 @@ _hf_logging.get_logger("transformers")
 # `make test` runs the suite on every core (pytest-xdist, `--dist loadfile`: a module's tests on
 # one worker, so its module fixtures are built once), one torch thread per worker. These modules
 # must also share a worker: the users of the preference run (trained once per worker, in one run
-# directory they all extend), and the two recipes on cpu-ddp's fixed port.
+# directory they all extend), and the two recipes on cpu-ddp's fixed port. (xdist 3.8's
+# `--dist loadgroup` marks would say this, but group nothing under pytest 9.2's node ids.)
 SHARED_WORKER = {"test_handoff.py": "preference_run", "test_preference.py": "preference_run",
                  "test_rm.py": "preference_run", "test_distributed.py": "cpu_ddp",
                  "test_rl.py": "cpu_ddp"}
