@@ -103,6 +103,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # Round 4: the abstain stage's familiarity gate (shipped on), and without it.
     "final_nogate": ("the abstain stage without its familiarity gate (round 3's policy)",
                      {"stages.abstain.options.familiarity_gate": False}),
+    # Round 5: does a shorter or longer SFT make the sft model's confidence separate better?
+    **{f"final_sft{e}": (f"the sft stage for {e} epochs instead of 30",
+                         {"stages.sft.args.num_train_epochs": e}) for e in (10, 12, 15, 20, 45)},
+    **{f"final_sft{e}_abstain{round(100 * b)}": (
+        f"the sft stage for {e} epochs, the abstain stage allowed {b:.0%} of the unknown",
+        {"stages.sft.args.num_train_epochs": e, "stages.abstain.options.max_hallucination": b})
+       for e in (10, 12, 15, 20) for b in (0.1, 0.2)},
+    "final_sft_smooth": ("the sft stage with label smoothing 0.1 (a calibration remedy)",
+                         {"stages.sft.args.label_smoothing_factor": 0.1}),
 }
 # The recipe before issue 18's changes, which every screening variant starts from: the
 # variants add one change each to it, on a model pretrained on the unpacked corpus.
