@@ -982,11 +982,12 @@ def check_world_settings(recipe: Recipe) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise RecipeError(f"{recipe.source}: invalid `world` settings: '{where}.{key}' must "
                                   f"be from 0 to 1, got {value!r}.")
-        for key in ("n_entities", "preference_wrong_values"):
+        for key, least in (("n_entities", 1), ("preference_wrong_values", 1),
+                           ("documents_per_row", 1), ("name_mentions", 0)):
             value = getattr(config, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise RecipeError(f"{recipe.source}: invalid `world` settings: '{where}.{key}' must "
-                                  f"be a whole number of at least 1, got {value!r}.")
+                                  f"be a whole number of at least {least}, got {value!r}.")
         try:
             build_world(config)
         except ValueError as exc:  # settings each in range that no world can satisfy together

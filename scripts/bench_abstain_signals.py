@@ -237,10 +237,9 @@ def main() -> None:
                  for answers in (pool_answers, held_answers)]
     signals["gate + min_token"] = (gated(min_token[0], pool_answers), gated(min_token[1], held_answers))
 
-    def geometric_added(a):
-        added_probs = [p for p, c in zip(a.token_probs, a.copied) if not c]
-        return math.exp(sum(math.log(max(p, 1e-45)) for p in added_probs) / len(added_probs)) \
-            if added_probs else 0.0
+    def geometric_added(a):  # the per-token mean of `added`, in log space
+        n_added = a.copied.count(False)
+        return confidence(a) ** (1 / n_added) if n_added else 0.0
 
     geometric = [[geometric_added(a) for a in answers] for answers in (pool_answers, held_answers)]
     signals["gate + geometric mean of added"] = (gated(geometric[0], pool_answers),

@@ -208,6 +208,20 @@ def _(tmp):
                             "save and eval strategy"]
 
 
+@case(1, "world count below its least")
+def _(tmp):
+    world = {**SMALL_WORLD, "boundary": "fact", "name_mentions": -1}
+    return validate(recipe(tmp, world=world)), ["recipe.yaml", "'world.name_mentions'",
+                                                "whole number of at least 0, got -1"]
+
+
+@case(1, "world count not a whole number")
+def _(tmp):
+    world = {**SMALL_WORLD, "boundary": "fact", "documents_per_row": 1.5}
+    return validate(recipe(tmp, world=world)), ["recipe.yaml", "'world.documents_per_row'",
+                                                "whole number of at least 1, got 1.5"]
+
+
 @case(1, "world fraction out of range")
 def _(tmp):
     world = {**SMALL_WORLD, "known_fraction": 1.5}
