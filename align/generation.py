@@ -93,12 +93,14 @@ class ScoredAnswer:
     """An answer with the probability the model gave each of its tokens (up to, not including,
     the end of sequence), whether each token only spells words of the question (a name the
     answer repeats), and how familiar the question's least familiar word is to the model
-    (`word_familiarity`)."""
+    (`word_familiarity`). `added_words` are the answer's words the question does not hold (what
+    the abstention policy's subject check reads)."""
 
     text: str
     token_probs: list[float]
     copied: list[bool]
     familiarity: float = 1.0
+    added_words: frozenset[str] = frozenset()
 
 
 def scored_answers(tokenizer, questions: list[str], texts: list[str], logits: tuple,
@@ -114,7 +116,7 @@ def scored_answers(tokenizer, questions: list[str], texts: list[str], logits: tu
                                                   tokens.tolist(), familiarity):
         end = next((i for i, t in enumerate(ids) if t in eos), len(row))
         out.append(ScoredAnswer(text, row[:end], copied_tokens(tokenizer, ids[:end], question),
-                                familiar))
+                                familiar, frozenset(words(text) - words(question))))
     return out
 
 
@@ -165,15 +167,20 @@ def word_familiarity(text: str, offsets: list[list[int]], probs: list[float], st
 WORD = re.compile(r"\w+")
 
 
+def words(text: str) -> set[str]:
+    """A text's words, lowercased: the unit answers and questions are compared in."""
+    return {w.lower() for w in WORD.findall(text)}
+
+
 def copied_tokens(tokenizer, ids: list[int], question: str) -> list[bool]:
     """For each token, whether every word it spells part of is a word of the question."""
-    asked = {w.lower() for w in WORD.findall(question)}
+    asked = words(question)
     ends = [len(tokenizer.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    words = [(m.start(), m.end(), m.group().lower() in asked) for m in WORD.finditer(text)]
+    spans = [(m.start(), m.end(), m.group().lower() in asked) for m in WORD.finditer(text)]
     out, start = [], 0
     for end in ends:
-        touched = [copied for a, b, copied in words if a < end and b > start]
+        touched = [copied for a, b, copied in spans if a < end and b > start]
         out.append(bool(touched) and all(touched))
         start = end
     return out

@@ -22,7 +22,10 @@ and scored on the held-out questions by the evaluation's own known / unknown lab
   how much the answer depends on the entity asked about, log P(answer | question) less
   log P(answer | the question about another country), the least of 3 other countries, added
   to the log of `added` with a weight and a cap, or as a second gate at the least subject PMI
-  of a known pool question.
+  of a known pool question;
+- round 6, `gate + subject check + added`: the shipped policy, which also refuses an answer
+  adding a word of the pool's questions that no known pool answer adds (`fit_subject_names`):
+  an answer about another country than the one asked about.
 
     python scripts/bench_abstain_signals.py runs/tiny-honesty
     python scripts/bench_abstain_signals.py runs/bench-r4/final-s43 --budgets 0.1 0.15 0.2
@@ -40,8 +43,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from align.generation import chat_prompts, generate_answers
-from align.honesty.abstention import answer_confidence, fit_familiarity, fit_threshold
+from align.generation import chat_prompts, generate_answers, words
+from align.honesty.abstention import (AbstentionPolicy, answer_confidence, fit_familiarity,
+                                      fit_subject_names, fit_threshold)
 from align.honesty.judge import Judge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -230,6 +234,13 @@ def main() -> None:
         return [s if world[r["question"]]["entity"] in a.text else REFUSED
                 for s, r, a in zip(scores, rows, answers)]
 
+    names = fit_subject_names([words(r["question"]) for r in pool],
+                              [a.added_words for a, r in zip(pool_answers, pool)
+                               if r["category"] == "known"])
+    subject = AbstentionPolicy(threshold=0.0, subject_names=names).answers_another_subject
+    signals["gate + subject check + added"] = tuple(
+        [REFUSED if subject(a) else s for s, a in zip(scores, answers)]
+        for scores, answers in zip(signals["gate + added"], (pool_answers, held_answers)))
     signals["gate + added, on-subject oracle"] = (
         on_subject(signals["gate + added"][0], pool, pool_answers),
         on_subject(signals["gate + added"][1], held, held_answers))

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +113,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
        for e in (10, 12, 15, 20) for b in (0.1, 0.2)},
     "final_sft_smooth": ("the sft stage with label smoothing 0.1 (a calibration remedy)",
                          {"stages.sft.args.label_smoothing_factor": 0.1}),
+    # Round 6: the abstain stage's subject check (shipped on), without it, and the budgets and
+    # SFT lengths around the shipped ones with it.
+    "final_nosubject": ("the abstain stage without its subject check (round 5's policy)",
+                        {"stages.abstain.options.subject_check": False}),
+    **{f"final_sft{e}_budget{round(1000 * b)}": (
+        f"the sft stage for {e} epochs, the abstain stage allowed {b:.1%} of the unknown",
+        {"stages.sft.args.num_train_epochs": e, "stages.abstain.options.max_hallucination": b})
+       for e in (15, 20) for b in (0.1, 0.125, 0.15)},
 }
 # The recipe before issue 18's changes, which every screening variant starts from: the
 # variants add one change each to it, on a model pretrained on the unpacked corpus.
@@ -185,17 +194,23 @@ def pretrain(out: Path, settings: dict) -> Path:
     return out / "pretrain" / "pretrain" / "model"
 
 
-def reuse_upstream(out: Path, name: str, seed: int) -> None:
-    """Copy the stages every variant runs from an earlier run of the same seed: the runner keeps
-    each only if its stage hash matches (same settings, same world, same inputs), else reruns it."""
-    import shutil
+REUSED = ("sft", "idk", "sft_idk", "dpo")  # each made from the ones before it
 
+
+def reuse_upstream(out: Path, name: str, seed: int) -> None:
+    """Copy the stages every variant runs from an earlier run of the same seed whose recipe
+    agrees on the stage and the ones before it. The runner still keeps each only if its stage
+    hash matches (same settings, same world, same inputs), else reruns it."""
     target = out / f"{name}-s{seed}"
+    blocks = lambda path: yaml.safe_load(path.read_text())["stages"]  # noqa: E731
+    mine = blocks(out / f"{name}-s{seed}.yaml")
     for donor in sorted(out.glob(f"*-s{seed}")):
         if donor == target or not donor.is_dir():
             continue
-        for stage in ("sft", "idk", "sft_idk", "dpo"):
-            if (donor / stage / "artifact.json").exists() and not (target / stage).exists():
+        theirs = blocks(out / f"{donor.name}.yaml")
+        for i, stage in enumerate(REUSED):
+            same = all(mine.get(s) == theirs.get(s) for s in REUSED[:i + 1])
+            if same and (donor / stage / "artifact.json").exists() and not (target / stage).exists():
                 shutil.copytree(donor / stage, target / stage)
 
 

@@ -10,10 +10,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.errors import AlignError
 from align.generation import (ScoredAnswer, chat_prompts, copied_tokens, question_familiarity,
-                              word_familiarity)
+                              scored_answers, word_familiarity, words)
 from align.honesty.abstention import (POLICY_FILE, AbstentionPolicy, answer_confidence,
                                       check_abstain_options, copy_policy, error_rates,
-                                      fit_familiarity, fit_threshold, load_policy)
+                                      fit_familiarity, fit_subject_names, fit_threshold,
+                                      load_policy)
 
 
 def test_added_confidence_leaves_out_the_names_the_answer_copies():
@@ -113,6 +114,49 @@ def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path)
         load_policy(tmp_path)
 
 
+def test_subject_check_refuses_an_answer_about_another_probe_subject(tmp_path):
+    pool = ["Who is the leader of Stetakovia?", "When was Kourvroland founded?",
+            "Who is the leader of Kourvroland?", "Which currency is used in Tesia?"]
+    known_answers = {pool[1]: "The founding year of Kourvroland is 1529.",
+                     pool[2]: "The leader of Kourvroland is Trimsti Theamstoun."}
+    names = fit_subject_names([words(q) for q in pool],
+                              [words(a) - words(q) for q, a in known_answers.items()])
+    # The words the known answers add ("the", "of", "is") are their phrasing, not a subject;
+    # every other word of the questions counts, "used" included, which no answer says.
+    assert names == ["currency", "founded", "in", "kourvroland", "leader", "stetakovia", "tesia",
+                     "used", "was", "when", "which", "who"]
+    policy = AbstentionPolicy(threshold=0.5, subject_names=names)
+
+    def answer(question, text):
+        return ScoredAnswer(text, [0.99, 0.9], [False, False],
+                            added_words=frozenset(words(text) - words(question)))
+
+    # Asked of Stetakovia, the model recalls Kourvroland's leader, sure of every token.
+    swapped = answer(pool[0], "The leader of Kourvroland is Trimsti Theamstoun.")
+    assert policy.decide(swapped) == "I don't know."
+    # The same sentence is the answer when Kourvroland is what was asked about.
+    assert policy.decide(answer(pool[2], swapped.text)) == swapped.text
+    # A name the probe never asked about is no evidence either way; confidence decides.
+    assert policy.decide(answer(pool[0], "The leader of Stetakovia is Moun Krimkeal.")) == \
+        "The leader of Stetakovia is Moun Krimkeal."
+    # Without names (a policy saved before the check, or subject_check: false) nothing changes.
+    assert AbstentionPolicy(threshold=0.5).decide(swapped) == swapped.text
+    policy.save(tmp_path)
+    assert load_policy(tmp_path) == policy
+    (tmp_path / POLICY_FILE).write_text('{"threshold": 0.5, "subject_names": [1, 2]}')
+    with pytest.raises(AlignError, match="subject_names"):
+        load_policy(tmp_path)
+
+
+def test_scored_answers_carry_the_words_the_answer_adds(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    question, text = "When was Benland founded?", "Benland was founded in 1802."
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    logits = tuple(torch.zeros(1, len(tokenizer)) for _ in range(ids.shape[1]))
+    [scored] = scored_answers(tokenizer, [question], [text], logits, ids)
+    assert scored.added_words == {"in", "1802"}
+
+
 @pytest.mark.parametrize("options, message", [
     ({"treshold": 0.5}, "unknown key 'opts.treshold'"),
     ({"max_hallucination": 1.5}, "max_hallucination"),
@@ -120,6 +164,7 @@ def test_policy_replaces_only_unsure_answers_and_survives_a_round_trip(tmp_path)
     ({"reply": "Kelmar, probably."}, "refusal the judge recognises"),
     ({"batch_size": 0}, "batch_size"),
     ({"familiarity_gate": "yes"}, "familiarity_gate"),
+    ({"subject_check": 1}, "subject_check"),
 ])
 def test_options_are_checked_with_the_key_named(options, message):
     with pytest.raises(AlignError, match=message):

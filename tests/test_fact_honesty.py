@@ -50,6 +50,10 @@ ABSTAIN_MARGIN = 0.3
 # familiarity gate, at 40 epochs: 100% of 24 (with either `sft` length); every
 # nonexistent name is spelt in pieces the model never read continue, every real one is not.
 NONEXISTENT_REFUSAL = 0.95
+# The abstain stage's refusal of held-out answers about another real country than asked (round
+# 6's subject check). Measured at 40 epochs: SWAPPED_MEASURED. On the full world the check
+# catches 53-58 of 54-59 per seed: the misses name a country no probe question asks about.
+SWAPPED_REFUSAL = 0.8
 
 
 def reduced_recipe(tmp_path) -> str:
@@ -107,6 +111,11 @@ def test_abstention_refuses_what_the_sft_model_does_not_know(results, tmp_path, 
     answered = [r for r in mine if r["answer"] != "I don't know."]
     assert refused and answered
     assert all(r["answer"] == sft[r["question"]] for r in answered)
+    # Answers `sft` gave about another country than the one asked about (its name missing,
+    # another's in its place): refused by the subject check, however confident.
+    swapped = [r for r in mine if r["exists"] and r["entity"] not in sft[r["question"]]]
+    caught = sum(r["answer"] == "I don't know." for r in swapped)
+    assert len(swapped) >= 5 and caught >= SWAPPED_REFUSAL * len(swapped), swapped
     # `align chat` applies the same policy (gate and threshold), and `align export` keeps it
     # beside the weights.
     artifact = str(results["abstain"].path)
@@ -118,5 +127,5 @@ def test_abstention_refuses_what_the_sft_model_does_not_know(results, tmp_path, 
     assert main(["export", artifact, "--out", str(tmp_path / "export")]) == 0
     exported = load_policy(tmp_path / "export")
     assert exported == load_policy(results["abstain"].model_path())
-    assert exported.threshold > 0 and exported.min_familiarity > 0
+    assert exported.threshold > 0 and exported.min_familiarity > 0 and exported.subject_names
     assert POLICY_FILE in [repo_path for _, repo_path in upload_plan(results["abstain"])]

@@ -12,6 +12,11 @@ model that cannot spell the unread name answers confidently about an entity it k
 So the policy first reads how familiar the question's words are to the model, and refuses a
 question holding a word less familiar than any in the questions it knows.
 
+Another kind confidence misses: an answer about another entity. Asked of a country whose leader
+it never read, a model completes a sentence it did read: "The leader of Kourvroland is ...",
+sure of every token after the name it swapped in. So the policy also refuses an answer that
+names a subject the probe asks about elsewhere, which the question does not.
+
 The policy travels with the model as `abstention.json` beside its weights; `align chat`,
 the evaluate stage and `align export` read it. Plain `transformers` generation does not.
 """
@@ -81,20 +86,34 @@ def fit_familiarity(known: list[float]) -> float:
     return min(known)
 
 
+def fit_subject_names(questions: list[set[str]], known_added: list[set[str]]) -> list[str]:
+    """The words that name what the probe's questions ask about: every word of its questions
+    (`questions`, each a set of words) that no answer the model knows adds to its question
+    (`known_added`). Those answers add the words of their own phrasing ("founding year"), so
+    what is left is the questions' subjects, and words no answer says ("used")."""
+    named = set().union(*questions) - set().union(*known_added)
+    return sorted(named)
+
+
 @dataclass
 class AbstentionPolicy:
     """Refuse with `reply` when the question holds a word less familiar than `min_familiarity`
-    (a name the model never read), or when the answer's confidence (`signal`) is below
+    (a name the model never read), when the answer adds one of `subject_names` (it names
+    another subject than the question's), or when the answer's confidence (`signal`) is below
     `threshold`."""
 
     threshold: float
     signal: str = "added"
     reply: str = "I don't know."
     min_familiarity: float = 0.0  # 0: no gate (a policy saved before the gate existed)
+    subject_names: list[str] = field(default_factory=list)  # empty: no subject check
     fitted: dict = field(default_factory=dict)  # how the thresholds were chosen, for the card
 
+    def answers_another_subject(self, answer: ScoredAnswer) -> bool:
+        return not answer.added_words.isdisjoint(self.subject_names)
+
     def decide(self, answer: ScoredAnswer) -> str:
-        if answer.familiarity < self.min_familiarity:
+        if answer.familiarity < self.min_familiarity or self.answers_another_subject(answer):
             return self.reply
         confident = answer_confidence(answer.token_probs, answer.copied, self.signal) >= \
             self.threshold
@@ -127,6 +146,8 @@ def load_policy(model_dir: Path) -> AbstentionPolicy | None:
                                      if f.name in data})
         if policy.signal not in SIGNALS:
             raise ValueError(f"signal {policy.signal!r} is not one of {', '.join(SIGNALS)}")
+        if not all(isinstance(name, str) for name in policy.subject_names):
+            raise ValueError("subject_names is not a list of words")
     except (ValueError, TypeError, KeyError) as exc:
         raise AlignError(f"{path}: not an abstention policy ({exc}); rebuild it with the stage "
                          "that wrote it.") from None
@@ -144,6 +165,9 @@ class AbstainConfig:
     # Refuse, before answering, a question holding a word less familiar to the model than every
     # word of the questions it knows (`fit_familiarity`): a name it never read.
     familiarity_gate: bool = True
+    # Refuse an answer that names a subject the probe asks about elsewhere but this question does
+    # not (`fit_subject_names`): a confident answer about another entity.
+    subject_check: bool = True
     # What the model says instead of an answer it is unsure of (the judge must read a refusal).
     reply: str = "I don't know."
     max_new_tokens: int = 32
@@ -165,9 +189,10 @@ def check_abstain_options(options: dict, where: str, source: str = "") -> Abstai
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
         raise AlignError(f"{prefix}'{where}.max_hallucination' must be a number in [0, 1), got "
                          f"{budget!r}.")
-    if not isinstance(config.familiarity_gate, bool):
-        raise AlignError(f"{prefix}'{where}.familiarity_gate' must be true or false, got "
-                         f"{config.familiarity_gate!r}.")
+    for switch in ("familiarity_gate", "subject_check"):
+        if not isinstance(getattr(config, switch), bool):
+            raise AlignError(f"{prefix}'{where}.{switch}' must be true or false, got "
+                             f"{getattr(config, switch)!r}.")
     check_counts(config, ("max_new_tokens", "batch_size"), where, prefix)
     if not isinstance(config.reply, str) or not Judge().is_refusal(config.reply):
         raise AlignError(f"{prefix}'{where}.reply' must be a refusal the judge recognises "

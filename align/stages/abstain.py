@@ -1,10 +1,13 @@
 """Stage `abstain`: the upstream model, answering only when confident enough.
 
-It asks the model every question of the idk stage's probe pool and reads two things: how
-familiar each question's words are to it, and its confidence in its greedy answer. The gate
-refuses questions less familiar than every one the probe found it knows (names it never read);
-the threshold, under which it says "I don't know" instead of answering, is the lowest that
-answers at most `max_hallucination` of the questions the probe found it does not know. Its
+It asks the model every question of the idk stage's probe pool and reads three things: how
+familiar each question's words are to it, which words its greedy answer adds to the question,
+and its confidence in that answer. The gate refuses questions less familiar than every one the
+probe found it knows (names it never read); the subject check refuses answers that name a
+subject of another probe question (answers about another entity); the threshold, under which it
+says "I don't know" instead of answering, is the lowest that answers at most
+`max_hallucination` of the questions the probe found it does not know, those two refusals
+counted. Its
 artifact is the upstream model (files linked, not copied, where the disk allows) with the policy
 beside the weights as `abstention.json`; the evaluate stage and `align chat` apply it.
 """
@@ -15,10 +18,12 @@ import dataclasses
 import math
 import os
 import shutil
+from collections import Counter
 
-from align.generation import generate_answers
+from align.generation import generate_answers, words
 from align.honesty.abstention import (AbstentionPolicy, answer_confidence, check_abstain_options,
-                                      error_rates, fit_familiarity, fit_threshold)
+                                      error_rates, fit_familiarity, fit_subject_names,
+                                      fit_threshold)
 from align.jsonl import read_jsonl
 from align.modeling import load_artifact_model
 from align.stages.context import StageContext
@@ -35,29 +40,47 @@ def run(ctx: StageContext):
                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                token_probs=True,
                                progress="abstain (probe pool)" if ctx.is_main else None)
-    pairs = {"known": [], "unknown": []}  # (familiarity, confidence) per question
-    for record, [answer] in zip(probed, answers):
-        pairs[record["category"]].append(
-            (answer.familiarity, answer_confidence(answer.token_probs, answer.copied, config.signal)))
+    answers = [a for [a] in answers]
     gate = 0.0
     if config.familiarity_gate and not getattr(tokenizer, "is_fast", False):
         ctx.log("familiarity gate off: the tokenizer is not a fast one, so its tokens cannot be "
                 "placed in the question (set familiarity_gate: false to silence this)")
     elif config.familiarity_gate:
-        gate = fit_familiarity([f for f, _ in pairs["known"]])
-    # A question the gate refuses is never answered, whatever the threshold: confidence -inf.
-    scores = {kind: [c if f >= gate else -math.inf for f, c in rows] for kind, rows in pairs.items()}
-    gated = {kind: scores[kind].count(-math.inf) for kind in scores}
+        gate = fit_familiarity([a.familiarity for r, a in zip(probed, answers)
+                                if r["category"] == "known"])
+    names = fit_subject_names(
+        [words(r["question"]) for r in probed],
+        [a.added_words for r, a in zip(probed, answers) if r["category"] == "known"],
+    ) if config.subject_check else []
+    policy = AbstentionPolicy(threshold=math.inf, signal=config.signal, reply=config.reply,
+                              min_familiarity=gate, subject_names=names)
+    # A question the gate or the subject check refuses is never answered, whatever the
+    # threshold: confidence -inf.
+    scores = {"known": [], "unknown": []}
+    refused = {"unfamiliar": Counter(), "another_subject": Counter()}
+    for record, answer in zip(probed, answers):
+        kind = record["category"]
+        if answer.familiarity < gate:
+            refused["unfamiliar"][kind] += 1
+        elif policy.answers_another_subject(answer):
+            refused["another_subject"][kind] += 1
+        else:
+            scores[kind].append(answer_confidence(answer.token_probs, answer.copied, config.signal))
+            continue
+        scores[kind].append(-math.inf)
     threshold = fit_threshold(scores["unknown"], config.max_hallucination)
     over, hallucination = error_rates(scores["known"], scores["unknown"], threshold)
     fitted = {"from": upstream.name, "probe": idk.name, "known": len(scores["known"]),
               "unknown": len(scores["unknown"]), "max_hallucination": config.max_hallucination,
-              "unfamiliar_unknown": gated["unknown"], "unfamiliar_known": gated["known"],
+              **{f"{why}_{kind}": refused[why][kind] for why in refused
+                 for kind in ("unknown", "known")},
+              "subject_names": len(names),
               "pool_over_refusal": round(over, 4), "pool_hallucination": round(hallucination, 4)}
-    policy = AbstentionPolicy(threshold=threshold, signal=config.signal, reply=config.reply,
-                              min_familiarity=gate, fitted=fitted)
-    ctx.log(f"familiarity gate {gate:.3g} (refuses {gated['unknown']} unknown and "
-            f"{gated['known']} known questions unanswered), threshold {threshold:.3g} on "
+    policy = dataclasses.replace(policy, threshold=threshold, fitted=fitted)
+    ctx.log(f"familiarity gate {gate:.3g} (refuses {refused['unfamiliar']['unknown']} unknown and "
+            f"{refused['unfamiliar']['known']} known questions unanswered), subject check over "
+            f"{len(names)} words (refuses {refused['another_subject']['unknown']} unknown and "
+            f"{refused['another_subject']['known']} known answers), threshold {threshold:.3g} on "
             f"{config.signal} confidence: on the probe pool it refuses {over:.1%} of "
             f"{len(scores['known'])} known questions and answers {hallucination:.1%} of "
             f"{len(scores['unknown'])} unknown ones")
