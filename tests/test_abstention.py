@@ -13,8 +13,8 @@ from align.generation import (ScoredAnswer, chat_prompts, copied_tokens, questio
                               scored_answers, word_familiarity, words)
 from align.honesty.abstention import (POLICY_FILE, AbstentionPolicy, answer_confidence,
                                       check_abstain_options, copy_policy, error_rates,
-                                      fit_familiarity, fit_subject_names, fit_threshold,
-                                      load_policy)
+                                      fit_familiarity, fit_subject_check, fit_subject_names,
+                                      fit_threshold, load_policy, subject_check_cost)
 
 
 def test_added_confidence_leaves_out_the_names_the_answer_copies():
@@ -148,6 +148,33 @@ def test_subject_check_refuses_an_answer_about_another_probe_subject(tmp_path):
         load_policy(tmp_path)
 
 
+def test_subject_check_is_left_off_where_known_answers_name_other_subjects():
+    def fit(pairs, max_cost=0.02):
+        return fit_subject_check([words(q) for q, _ in pairs],
+                                 [words(a) - words(q) for q, a in pairs], max_cost)
+
+    # Answers that restate their own subject: no known answer would be refused, whichever is
+    # left out of the fit, so the check is on.
+    countries = [(f"Who is the leader of {c}?", f"The leader of {c} is {n}.")
+                 for c, n in [("Tesia", "Brun Faigal"), ("Boia", "Moun Krimkeal"),
+                              ("Vanland", "Tomas Vell")]]
+    names, cost = fit(countries)
+    assert cost == 0.0 and "tesia" in names
+    # Relations: each answer names another subject the probe asks about. Left out of the fit,
+    # every one of them would be refused, so the check stays off rather than refuse them.
+    spouses = [("Who is Ada's spouse?", "Ada is married to Bran."),
+               ("Who is Bran's spouse?", "Bran is married to Ada."),
+               ("Who is Cato's spouse?", "Cato is married to Dora."),
+               ("Who is Dora's spouse?", "Dora is married to Cato.")]
+    assert subject_check_cost([words(q) for q, _ in spouses],
+                              [words(a) - words(q) for q, a in spouses]) == 1.0
+    assert fit(spouses) == ([], 1.0)
+    # One such answer among many known ones is within the tolerance; the cost says so.
+    names, cost = fit(countries + spouses[:1] + [("Who is Bran's father?", "Bran's father is Edo.")],
+                      max_cost=0.2)
+    assert cost == pytest.approx(1 / 5) and names
+
+
 def test_scored_answers_carry_the_words_the_answer_adds(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     question, text = "When was Benland founded?", "Benland was founded in 1802."
@@ -165,6 +192,7 @@ def test_scored_answers_carry_the_words_the_answer_adds(tiny_model):
     ({"batch_size": 0}, "batch_size"),
     ({"familiarity_gate": "yes"}, "familiarity_gate"),
     ({"subject_check": 1}, "subject_check"),
+    ({"max_subject_over_refusal": -0.1}, "max_subject_over_refusal"),
 ])
 def test_options_are_checked_with_the_key_named(options, message):
     with pytest.raises(AlignError, match=message):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +94,26 @@ def fit_subject_names(questions: list[set[str]], known_added: list[set[str]]) ->
     what is left is the questions' subjects, and words no answer says ("used")."""
     named = set().union(*questions) - set().union(*known_added)
     return sorted(named)
+
+
+def subject_check_cost(questions: list[set[str]], known_added: list[set[str]]) -> float:
+    """The share of the known answers the subject check would refuse, each left out of the fit
+    in turn: an answer adding a word of the questions that no other known answer adds. The
+    fit cannot refuse its own known answers, so this is how it is judged: near 0 where answers
+    name only their own subject, high where they name other subjects as a matter of course
+    ("Who is Ada's spouse?" answered with another subject of the probe)."""
+    asked = set().union(*questions)
+    adders = Counter(w for added in known_added for w in added)
+    refused = sum(any(w in asked and adders[w] == 1 for w in added) for added in known_added)
+    return refused / max(1, len(known_added))
+
+
+def fit_subject_check(questions: list[set[str]], known_added: list[set[str]],
+                      max_over_refusal: float) -> tuple[list[str], float]:
+    """The subject names (`fit_subject_names`), or none where the check would cost more than
+    `max_over_refusal` of the known answers; and that cost (`subject_check_cost`)."""
+    cost = subject_check_cost(questions, known_added)
+    return (fit_subject_names(questions, known_added) if cost <= max_over_refusal else []), cost
 
 
 @dataclass
@@ -168,6 +189,9 @@ class AbstainConfig:
     # Refuse an answer that names a subject the probe asks about elsewhere but this question does
     # not (`fit_subject_names`): a confident answer about another entity.
     subject_check: bool = True
+    # Leave the subject check off when, each known probe answer left out of its fit in turn, it
+    # would refuse more than this share of them (`subject_check_cost`).
+    max_subject_over_refusal: float = 0.02
     # What the model says instead of an answer it is unsure of (the judge must read a refusal).
     reply: str = "I don't know."
     max_new_tokens: int = 32
@@ -185,10 +209,11 @@ def check_abstain_options(options: dict, where: str, source: str = "") -> Abstai
     if config.signal not in SIGNALS:
         raise AlignError(f"{prefix}'{where}.signal' must be one of {', '.join(SIGNALS)}, got "
                          f"{config.signal!r}.")
-    budget = config.max_hallucination
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
-        raise AlignError(f"{prefix}'{where}.max_hallucination' must be a number in [0, 1), got "
-                         f"{budget!r}.")
+    for share in ("max_hallucination", "max_subject_over_refusal"):
+        value = getattr(config, share)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise AlignError(f"{prefix}'{where}.{share}' must be a number in [0, 1), got "
+                             f"{value!r}.")
     for switch in ("familiarity_gate", "subject_check"):
         if not isinstance(getattr(config, switch), bool):
             raise AlignError(f"{prefix}'{where}.{switch}' must be true or false, got "

@@ -22,7 +22,7 @@ from collections import Counter
 
 from align.generation import generate_answers, words
 from align.honesty.abstention import (AbstentionPolicy, answer_confidence, check_abstain_options,
-                                      error_rates, fit_familiarity, fit_subject_names,
+                                      error_rates, fit_familiarity, fit_subject_check,
                                       fit_threshold)
 from align.jsonl import read_jsonl
 from align.modeling import load_artifact_model
@@ -48,10 +48,17 @@ def run(ctx: StageContext):
     elif config.familiarity_gate:
         gate = fit_familiarity([a.familiarity for r, a in zip(probed, answers)
                                 if r["category"] == "known"])
-    names = fit_subject_names(
-        [words(r["question"]) for r in probed],
-        [a.added_words for r, a in zip(probed, answers) if r["category"] == "known"],
-    ) if config.subject_check else []
+    names, cost = [], 0.0
+    if config.subject_check:
+        names, cost = fit_subject_check(
+            [words(r["question"]) for r in probed],
+            [a.added_words for r, a in zip(probed, answers) if r["category"] == "known"],
+            config.max_subject_over_refusal)
+        if cost > config.max_subject_over_refusal:
+            ctx.log(f"subject check off: fitted without each known probe answer in turn, it would "
+                    f"refuse {cost:.1%} of them (max_subject_over_refusal "
+                    f"{config.max_subject_over_refusal:.1%}); this model's answers name other "
+                    "subjects of the probe as a matter of course")
     policy = AbstentionPolicy(threshold=math.inf, signal=config.signal, reply=config.reply,
                               min_familiarity=gate, subject_names=names)
     # A question the gate or the subject check refuses is never answered, whatever the
@@ -74,7 +81,7 @@ def run(ctx: StageContext):
               "unknown": len(scores["unknown"]), "max_hallucination": config.max_hallucination,
               **{f"{why}_{kind}": refused[why][kind] for why in refused
                  for kind in ("unknown", "known")},
-              "subject_names": len(names),
+              "subject_names": len(names), "subject_check_cost": round(cost, 4),
               "pool_over_refusal": round(over, 4), "pool_hallucination": round(hallucination, 4)}
     policy = dataclasses.replace(policy, threshold=threshold, fitted=fitted)
     ctx.log(f"familiarity gate {gate:.3g} (refuses {refused['unfamiliar']['unknown']} unknown and "
