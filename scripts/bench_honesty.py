@@ -120,7 +120,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"final_sft{e}_budget{round(1000 * b)}": (
         f"the sft stage for {e} epochs, the abstain stage allowed {b:.1%} of the unknown",
         {"stages.sft.args.num_train_epochs": e, "stages.abstain.options.max_hallucination": b})
-       for e in (15, 20) for b in (0.1, 0.125, 0.15)},
+       for e, b in ((15, 0.1), (15, 0.125), (15, 0.15), (20, 0.1), (20, 0.125))},
 }
 # The recipe before issue 18's changes, which every screening variant starts from: the
 # variants add one change each to it, on a model pretrained on the unpacked corpus.

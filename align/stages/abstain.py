@@ -7,9 +7,9 @@ probe found it knows (names it never read); the subject check refuses answers th
 subject of another probe question (answers about another entity); the threshold, under which it
 says "I don't know" instead of answering, is the lowest that answers at most
 `max_hallucination` of the questions the probe found it does not know, those two refusals
-counted. Its
-artifact is the upstream model (files linked, not copied, where the disk allows) with the policy
-beside the weights as `abstention.json`; the evaluate stage and `align chat` apply it.
+counted. Its artifact is the upstream model (files linked, not copied, where the disk allows)
+with the policy beside the weights as `abstention.json`; the evaluate stage and `align chat`
+apply it.
 """
 
 from __future__ import annotations
