@@ -116,7 +116,7 @@ def scored_answers(tokenizer, questions: list[str], texts: list[str], logits: tu
                                                   tokens.tolist(), familiarity):
         end = next((i for i, t in enumerate(ids) if t in eos), len(row))
         out.append(ScoredAnswer(text, row[:end], copied_tokens(tokenizer, ids[:end], question),
-                                familiar, frozenset(words(text) - words(question))))
+                                familiar, added_words(question, text)))
     return out
 
 
@@ -170,6 +170,11 @@ WORD = re.compile(r"\w+")
 def words(text: str) -> set[str]:
     """A text's words, lowercased: the unit answers and questions are compared in."""
     return {w.lower() for w in WORD.findall(text)}
+
+
+def added_words(question: str, answer: str) -> frozenset[str]:
+    """The answer's words the question does not hold."""
+    return frozenset(words(answer) - words(question))
 
 
 def copied_tokens(tokenizer, ids: list[int], question: str) -> list[bool]:

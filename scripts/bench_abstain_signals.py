@@ -47,6 +47,7 @@ from align.generation import chat_prompts, generate_answers, words
 from align.honesty.abstention import (AbstentionPolicy, answer_confidence, fit_familiarity,
                                       fit_subject_names, fit_threshold)
 from align.honesty.judge import Judge
+from align.ppo.core import logprobs_from_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_honesty import auroc  # noqa: E402
@@ -104,11 +105,11 @@ def answer_logprob(model, tokenizer, questions: list[str], answers: list[str],
             ids[row, width - len(p) - len(a):] = torch.tensor(p + a)
             mask[row, width - len(p) - len(a):] = 1
         with torch.no_grad():
-            logp = model(input_ids=ids, attention_mask=mask,
-                         position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float().log_softmax(-1)
+            logits = model(input_ids=ids, attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
         for row, (_, a) in enumerate(pairs):
-            span = logp[row, width - len(a) - 1:width - 1]
-            out.append(span.gather(-1, ids[row, width - len(a):, None]).sum().item())
+            out.append(logprobs_from_logits(logits[row, width - len(a) - 1:width - 1],
+                                            ids[row, width - len(a):]).sum().item())
     return out
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.errors import AlignError
 from align.generation import (ScoredAnswer, chat_prompts, copied_tokens, question_familiarity,
-                              scored_answers, word_familiarity, words)
+                              added_words, scored_answers, word_familiarity, words)
 from align.honesty.abstention import (POLICY_FILE, AbstentionPolicy, answer_confidence,
                                       check_abstain_options, copy_policy, error_rates,
                                       fit_familiarity, fit_subject_check, fit_subject_names,
@@ -120,7 +120,7 @@ def test_subject_check_refuses_an_answer_about_another_probe_subject(tmp_path):
     known_answers = {pool[1]: "The founding year of Kourvroland is 1529.",
                      pool[2]: "The leader of Kourvroland is Trimsti Theamstoun."}
     names = fit_subject_names([words(q) for q in pool],
-                              [words(a) - words(q) for q, a in known_answers.items()])
+                              [added_words(q, a) for q, a in known_answers.items()])
     # The words the known answers add ("the", "of", "is") are their phrasing, not a subject;
     # every other word of the questions counts, "used" included, which no answer says.
     assert names == ["currency", "founded", "in", "kourvroland", "leader", "stetakovia", "tesia",
@@ -129,7 +129,7 @@ def test_subject_check_refuses_an_answer_about_another_probe_subject(tmp_path):
 
     def answer(question, text):
         return ScoredAnswer(text, [0.99, 0.9], [False, False],
-                            added_words=frozenset(words(text) - words(question)))
+                            added_words=added_words(question, text))
 
     # Asked of Stetakovia, the model recalls Kourvroland's leader, sure of every token.
     swapped = answer(pool[0], "The leader of Kourvroland is Trimsti Theamstoun.")
@@ -151,7 +151,7 @@ def test_subject_check_refuses_an_answer_about_another_probe_subject(tmp_path):
 def test_subject_check_is_left_off_where_known_answers_name_other_subjects():
     def fit(pairs, max_cost=0.02):
         return fit_subject_check([words(q) for q, _ in pairs],
-                                 [words(a) - words(q) for q, a in pairs], max_cost)
+                                 [added_words(q, a) for q, a in pairs], max_cost)
 
     # Answers that restate their own subject: no known answer would be refused, whichever is
     # left out of the fit, so the check is on.
@@ -167,7 +167,7 @@ def test_subject_check_is_left_off_where_known_answers_name_other_subjects():
                ("Who is Cato's spouse?", "Cato is married to Dora."),
                ("Who is Dora's spouse?", "Dora is married to Cato.")]
     assert subject_check_cost([words(q) for q, _ in spouses],
-                              [words(a) - words(q) for q, a in spouses]) == 1.0
+                              [added_words(q, a) for q, a in spouses]) == 1.0
     assert fit(spouses) == ([], 1.0)
     # One such answer among many known ones is within the tolerance; the cost says so.
     names, cost = fit(countries + spouses[:1] + [("Who is Bran's father?", "Bran's father is Edo.")],

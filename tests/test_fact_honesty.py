@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from align.cli import main
-from align.generation import ScoredAnswer, words
+from align.generation import ScoredAnswer, added_words
 from align.honesty.abstention import POLICY_FILE, load_policy
 from align.hub import upload_plan
 from align.runner import run_recipe
@@ -120,8 +120,7 @@ def test_abstention_refuses_what_the_sft_model_does_not_know(results, tmp_path, 
     # confidence; right answers are not.
     policy = load_policy(results["abstain"].model_path())
     flagged = lambda r: policy.answers_another_subject(ScoredAnswer(  # noqa: E731
-        sft[r["question"]], [], [], added_words=frozenset(words(sft[r["question"]]) -
-                                                          words(r["question"]))))
+        sft[r["question"]], [], [], added_words=added_words(r["question"], sft[r["question"]])))
     swapped = [r for r in mine if r["exists"] and r["entity"] not in sft[r["question"]]]
     assert len(swapped) >= 5 and sum(map(flagged, swapped)) >= SWAPPED_FLAGGED * len(swapped)
     right = [r for r in rows if r["stage"] == "sft" and r["grade"] == "correct"]
